@@ -1,0 +1,9 @@
+"""probattr-monitor: convergence monitoring for causal LMs from probabilistic attribution.
+
+The public entry point is :func:`attribute` (DESIGN.md section 3).
+"""
+
+from probattr_monitor.engine import AttributionResult, attribute, attribute_text
+
+__all__ = ["AttributionResult", "attribute", "attribute_text"]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Training-framework callbacks (Lightning, Hugging Face Trainer)."""

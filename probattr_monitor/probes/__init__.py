@@ -1,0 +1,1 @@
+"""Probe sets: the fixed, reasonable prompts the monitor scores."""
