@@ -1,0 +1,291 @@
+"""Forward passes for the engine: full pass, prefix KV reuse, chunked LM head.
+
+The engine needs, for a fixed prefix ``x_<k`` and a batch of suffixes
+``(v, x_>k, y)`` that differ only in their first token, the log-probability of
+every suffix token after the first. :class:`ModelRunner` computes exactly that,
+choosing the cheapest path the model supports:
+
+``cache+head``
+    the prefix KV cache (from one full pass over prompt+response, cropped to
+    ``k``) is copied per candidate batch, the decoder runs only over the
+    suffix, and the LM head plus log-softmax run in row chunks so that no
+    ``[batch, length, vocab]`` tensor is ever materialised. Used when the
+    model's logits are verified bit-identical to ``lm_head(decoder(...))``.
+``cache``
+    the same prefix reuse, with the model's own ``.logits`` (for heads with
+    soft-capping or scaling). Batch sizes are chosen so the logits fit the
+    memory budget.
+``full``
+    models without KV-cache support: one full forward per candidate row over
+    ``x_<k, v, x_>k, y``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_FLOAT32_BYTES = 4
+
+
+@dataclass
+class FullPass:
+    """Results of the one forward pass over ``prompt + response``."""
+
+    #: log-softmax rows [L - 1, V] (float64) predicting tokens 1 .. L-1.
+    log_probs: torch.Tensor
+    #: Per-layer (key, value) tensors of the prefix, or ``None`` without cache support.
+    kv: Optional[list]
+    vocab_size: int
+
+
+class ModelRunner:
+    """Runs the forward passes the exact and budgeted estimators need.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A causal LM returning ``.logits``; it must already be in eval mode and
+        called under ``torch.no_grad`` (the engine's context manager does both).
+    memory_budget_bytes : int
+        Bound on the largest transient tensors (logits chunks, batch activations).
+    use_cache : bool or None
+        ``None`` detects cache support; ``False`` forces full forwards.
+    """
+
+    def __init__(self, model: torch.nn.Module, memory_budget_bytes: int, use_cache: Optional[bool] = None):
+        self.model = model
+        self.memory_budget_bytes = int(memory_budget_bytes)
+        self.use_cache = use_cache
+        self.device = _model_device(model)
+        self.path = "full"
+        self._decoder = None
+        self._head = None
+        self._config = getattr(model, "config", None)
+        self.token_forwards = 0
+        self.forward_calls = 0
+
+    # ------------------------------------------------------------------ full pass
+    def full_pass(self, ids: list[int]) -> FullPass:
+        """Forward ``ids`` once; keep log-probabilities and (if supported) the KV cache."""
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        out, cache = self._call_model(x, want_cache=self.use_cache is not False)
+        logits = _get_logits(out, x.shape)
+        _check_finite(logits, "the full forward pass over prompt+response")
+        vocab = int(logits.shape[-1])
+        log_probs = torch.log_softmax(logits[0, :-1].double(), dim=-1)
+        kv = _extract_kv(cache, len(ids)) if cache is not None else None
+        if kv is not None:
+            self.path = "cache"
+            head_split = self._find_head_split(x, logits)
+            if head_split is not None:
+                self._decoder, self._head = head_split
+                self.path = "cache+head"
+        elif self.use_cache:
+            raise ValueError("use_cache=True but the model returned no usable KV cache")
+        logger.debug("engine path %s (vocab %d)", self.path, vocab)
+        self.token_forwards += len(ids)
+        self.forward_calls += 1
+        return FullPass(log_probs=log_probs, kv=kv, vocab_size=vocab)
+
+    def _call_model(self, x: torch.Tensor, want_cache: bool):
+        if want_cache:
+            try:
+                out = self.model(input_ids=x, use_cache=True)
+            except TypeError:
+                out = self.model(x)
+                return out, None
+            return out, getattr(out, "past_key_values", None)
+        try:
+            out = self.model(input_ids=x, use_cache=False)
+        except TypeError:
+            out = self.model(x)
+        return out, None
+
+    def _find_head_split(self, x: torch.Tensor, logits: torch.Tensor):
+        """Return ``(decoder, lm_head)`` if ``lm_head(decoder(x))`` reproduces the logits exactly."""
+        get_head = getattr(self.model, "get_output_embeddings", None)
+        prefix = getattr(self.model, "base_model_prefix", None)
+        if get_head is None or not prefix:
+            return None
+        head = get_head()
+        decoder = getattr(self.model, prefix, None)
+        if not isinstance(head, torch.nn.Linear) or not isinstance(decoder, torch.nn.Module):
+            return None
+        try:
+            hidden = decoder(input_ids=x, use_cache=False).last_hidden_state
+            again = head(hidden)
+        except Exception:  # noqa: BLE001 - any failure means "not splittable"
+            return None
+        if again.shape != logits.shape or not torch.equal(again, logits):
+            logger.debug("logits differ from lm_head(decoder(x)); using the model's own logits")
+            return None
+        return decoder, head
+
+    # ------------------------------------------------------------------ batch sizing
+    def default_batch_size(self, prefix_len: int, suffix_len: int, vocab_size: int) -> int:
+        """Largest candidate batch whose transient tensors fit the memory budget."""
+        cfg = self._config
+        hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or 1024)
+        inter = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "n_inner", 0) or 4 * hidden)
+        layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0) or 24)
+        heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_head", 0) or 16)
+        total = prefix_len + suffix_len
+        # activations of one suffix row: MLP, attention scores, residual copies, KV of the whole row
+        per_row = suffix_len * (2 * inter + 8 * hidden + heads * total) + layers * 2 * total * hidden
+        if self.path != "cache+head":
+            per_row += 2 * suffix_len * vocab_size  # the logits and their log-softmax
+        if self.path == "full":
+            per_row = per_row * total // max(suffix_len, 1)
+        per_row *= _FLOAT32_BYTES
+        return int(max(1, min(1024, self.memory_budget_bytes // max(per_row, 1))))
+
+    # ------------------------------------------------------------------ suffix scoring
+    def suffix_log_probs(
+        self,
+        full: FullPass,
+        prefix_ids: list[int],
+        first_tokens: torch.Tensor,
+        rest: list[int],
+    ) -> torch.Tensor:
+        """Log-probabilities of ``rest`` after each candidate first token.
+
+        Parameters
+        ----------
+        full : FullPass
+            The full pass (its KV cache holds the prefix).
+        prefix_ids : list of int
+            ``x_<k`` (length ``k >= 1``).
+        first_tokens : torch.Tensor
+            ``[B]`` candidate ids ``v`` for position ``k``.
+        rest : list of int
+            ``x_>k + y``, the tokens whose log-probabilities are returned.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, len(rest)]`` float64: ``log p(rest[t] | x_<k, v, rest[:t])``.
+        """
+        batch = int(first_tokens.shape[0])
+        k = len(prefix_ids)
+        suffix = torch.empty((batch, 1 + len(rest)), dtype=torch.long, device=self.device)
+        suffix[:, 0] = first_tokens.to(self.device)
+        suffix[:, 1:] = torch.tensor(rest, dtype=torch.long, device=self.device)
+        targets = suffix[0, 1:]
+        n_rows = len(rest)
+        if self.path == "full":
+            prefix = torch.tensor(prefix_ids, dtype=torch.long, device=self.device).expand(batch, k)
+            x = torch.cat([prefix, suffix], dim=1)
+            out, _ = self._call_model(x, want_cache=False)
+            logits = _get_logits(out, x.shape)[:, k : k + n_rows]
+            self.token_forwards += batch * x.shape[1]
+            self.forward_calls += 1
+            return self._target_log_probs(logits, targets, from_hidden=False)
+        cache = _prefix_cache(full.kv, k, batch, self._config)
+        if self.path == "cache+head":
+            hidden = self._decoder(input_ids=suffix, past_key_values=cache, use_cache=True).last_hidden_state
+            states = hidden[:, :n_rows]
+            from_hidden = True
+        else:
+            out = self.model(input_ids=suffix, past_key_values=cache, use_cache=True)
+            states = _get_logits(out, suffix.shape)[:, :n_rows]
+            from_hidden = False
+        self.token_forwards += batch * suffix.shape[1]
+        self.forward_calls += 1
+        return self._target_log_probs(states, targets, from_hidden=from_hidden)
+
+    def _target_log_probs(self, states: torch.Tensor, targets: torch.Tensor, from_hidden: bool) -> torch.Tensor:
+        """``log_softmax(logits)[target]`` per row, in vocabulary chunks of rows."""
+        batch, n_rows, width = states.shape
+        flat = states.reshape(batch * n_rows, width)
+        flat_targets = targets.expand(batch, n_rows).reshape(-1)
+        vocab = self._head.out_features if from_hidden else width
+        rows_per_chunk = max(1, self.memory_budget_bytes // (4 * vocab * _FLOAT32_BYTES))
+        out = torch.empty(flat.shape[0], dtype=torch.float64)
+        for start in range(0, flat.shape[0], rows_per_chunk):
+            chunk = flat[start : start + rows_per_chunk]
+            logits = self._head(chunk) if from_hidden else chunk
+            if not torch.isfinite(logits).all():
+                _check_finite(logits, "a candidate forward pass")
+            lse = torch.logsumexp(logits.float(), dim=-1)
+            tgt = logits.gather(1, flat_targets[start : start + rows_per_chunk, None].to(logits.device))[:, 0]
+            out[start : start + chunk.shape[0]] = (tgt.double() - lse.double()).cpu()
+        return out.reshape(batch, n_rows)
+
+
+# ---------------------------------------------------------------------- helpers
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _get_logits(out: Any, input_shape: torch.Size) -> torch.Tensor:
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, dict):
+        logits = out.get("logits")
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(
+            f"model is not a causal LM: its output ({type(out).__name__}) has no .logits tensor"
+        )
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(input_shape):
+        raise TypeError(
+            f"model is not a causal LM: expected logits of shape [batch, length, vocab] = "
+            f"[{input_shape[0]}, {input_shape[1]}, V], got {tuple(logits.shape)}"
+        )
+    return logits
+
+
+def _check_finite(logits: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(logits).all():
+        bad = int((~torch.isfinite(logits)).sum())
+        raise ValueError(
+            f"the model produced {bad} non-finite (NaN or inf) logits in {where}; "
+            f"attribution is undefined for a diverged model"
+        )
+
+
+def _extract_kv(cache: Any, length: int) -> Optional[list]:
+    """Per-layer (key, value) tensors ``[1, heads, length, dim]``, or ``None`` if unusable."""
+    layers = getattr(cache, "layers", None)
+    pairs = []
+    if layers is not None:
+        for layer in layers:
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+                return None
+            pairs.append((keys, values))
+    elif isinstance(cache, (tuple, list)) and cache and all(
+        isinstance(p, (tuple, list)) and len(p) >= 2 for p in cache
+    ):
+        pairs = [(p[0], p[1]) for p in cache]
+    else:
+        return None
+    for keys, values in pairs:
+        # sliding-window layers that dropped tokens, or quantised/offloaded layouts: unusable
+        if keys.dim() != 4 or keys.shape[-2] != length or values.shape[-2] != length:
+            return None
+    return pairs
+
+
+def _prefix_cache(kv: list, k: int, batch: int, config: Any):
+    """A fresh cache holding the first ``k`` positions, repeated ``batch`` times.
+
+    HF caches are mutated in place by ``forward``; every batch gets its own
+    object built from views of the shared prefix, never a grown one.
+    """
+    from transformers import DynamicCache
+
+    data = [
+        (keys[:, :, :k].expand(batch, -1, -1, -1), values[:, :, :k].expand(batch, -1, -1, -1))
+        for keys, values in kv
+    ]
+    try:
+        return DynamicCache(ddp_cache_data=data, config=config)
+    except TypeError:  # older transformers
+        return DynamicCache.from_legacy_cache(tuple(data))

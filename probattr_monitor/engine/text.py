@@ -1,0 +1,110 @@
+"""Text-level attribution: tokenizer, BOS policy and response generation on top of :func:`attribute`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from probattr_monitor.engine.exact import attribute
+from probattr_monitor.engine.generation import greedy_response, top_p_response
+from probattr_monitor.engine.result import AttributionResult
+from probattr_monitor.tokenization import prepend_bos_ids, special_ids, token_texts
+
+DECODINGS = ("greedy", "top-p")
+
+
+def encode_prompt(tokenizer: Any, prompt: str, add_bos: bool = True) -> list[int]:
+    """Tokenize ``prompt`` without the tokenizer's own special tokens, then apply the BOS policy."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return prepend_bos_ids(tokenizer, ids) if add_bos else list(ids)
+
+
+def make_response(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: Sequence[int],
+    decoding: str = "greedy",
+    max_new_tokens: int = 20,
+    top_p: float = 0.9,
+    num_samples: int = 20,
+    seed: int = 0,
+) -> list[int]:
+    """Generate the response to score: greedy, or the paper's most frequent top-p sample."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if decoding == "greedy":
+        return greedy_response(model, list(prompt_ids), max_new_tokens, eos)
+    if decoding == "top-p":
+        return top_p_response(model, list(prompt_ids), max_new_tokens, top_p, num_samples, eos, seed)
+    raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+
+
+def attribute_text(
+    model: Any,
+    tokenizer: Any,
+    prompt: Union[str, Sequence[int]],
+    response: Union[str, Sequence[int], None] = None,
+    *,
+    candidates: Any = "all",
+    positions: Optional[Sequence[int]] = None,
+    batch_size: Optional[int] = None,
+    add_bos: bool = True,
+    decoding: str = "greedy",
+    max_new_tokens: int = 20,
+    top_p: float = 0.9,
+    num_samples: int = 20,
+    seed: int = 0,
+    **engine_kwargs: Any,
+) -> AttributionResult:
+    """Attribute a text prompt, generating the response when none is given.
+
+    Parameters
+    ----------
+    model, tokenizer
+        A causal LM and its tokenizer.
+    prompt : str or sequence of int
+        Text (tokenized without special tokens, then the BOS policy of
+        :func:`probattr_monitor.tokenization.conditioning_token_id` applies:
+        BOS if the tokenizer has one, else EOS as the paper did for GPT-2), or
+        ready token ids taken as-is.
+    response : str, sequence of int or None
+        The response to score. ``None`` generates one with ``decoding``:
+        ``"greedy"`` (default) or ``"top-p"`` (the paper's: the most frequent of
+        ``num_samples`` nucleus samples with ``top_p``), at most
+        ``max_new_tokens`` tokens, stopping after EOS.
+    candidates, positions, batch_size, **engine_kwargs
+        Passed to :func:`probattr_monitor.attribute`.
+
+    Returns
+    -------
+    AttributionResult
+        With ``token_texts``, ``is_special`` and ``response_text`` filled in.
+    """
+    if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError("prompt is an empty string")
+        prompt_ids = encode_prompt(tokenizer, prompt, add_bos)
+    else:
+        prompt_ids = [int(t) for t in prompt]
+    if response is None:
+        response_ids = make_response(
+            model, tokenizer, prompt_ids, decoding, max_new_tokens, top_p, num_samples, seed
+        )
+    elif isinstance(response, str):
+        if not response:
+            raise ValueError("response is an empty string")
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    else:
+        response_ids = [int(t) for t in response]
+    res = attribute(model, prompt_ids, response_ids, candidates=candidates, positions=positions,
+                    batch_size=batch_size, **engine_kwargs)
+    specials = special_ids(tokenizer)
+    info = dict(res.info, decoding=decoding if response is None else "given")
+    return dataclasses.replace(
+        res,
+        token_texts=tuple(token_texts(tokenizer, res.token_ids)),
+        is_special=np.array([int(t) in specials for t in res.token_ids], dtype=bool),
+        response_text=tokenizer.decode(list(response_ids)),
+        info=info,
+    )

@@ -1,0 +1,134 @@
+"""Input checking for the engine: every problem is named before any forward pass."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+
+def as_id_list(ids: Any, name: str) -> list[int]:
+    """Coerce a prompt/response given as a list, tuple, numpy or 1-D tensor to ``list[int]``.
+
+    Raises
+    ------
+    TypeError
+        If ``ids`` is not a sequence of integers or is not one-dimensional.
+    ValueError
+        If ``ids`` is empty or holds a negative id.
+    """
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of token ids, got a string; tokenize it first "
+                        f"(or use attribute_text)")
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() != 1:
+            raise TypeError(f"{name} must be a 1-D sequence of token ids, got a tensor of shape {tuple(ids.shape)}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer token ids, got a tensor of dtype {ids.dtype}")
+        out = [int(v) for v in ids.tolist()]
+    elif isinstance(ids, np.ndarray):
+        if ids.ndim != 1:
+            raise TypeError(f"{name} must be a 1-D sequence of token ids, got an array of shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"{name} must hold integer token ids, got an array of dtype {ids.dtype}")
+        out = [int(v) for v in ids.tolist()]
+    else:
+        try:
+            items = list(ids)
+        except TypeError:
+            raise TypeError(f"{name} must be a sequence of token ids, got {type(ids).__name__}") from None
+        out = []
+        for i, v in enumerate(items):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"{name}[{i}] must be an integer token id, got {type(v).__name__} {v!r}")
+            out.append(int(v))
+    if not out:
+        raise ValueError(f"{name} is empty: at least one token id is needed")
+    for i, v in enumerate(out):
+        if v < 0:
+            raise ValueError(f"{name}[{i}] = {v} is a negative token id")
+    return out
+
+
+def check_in_vocab(ids: Sequence[int], vocab_size: int, name: str) -> None:
+    """Raise ``ValueError`` naming the first id outside ``[0, vocab_size)``."""
+    for i, v in enumerate(ids):
+        if not 0 <= v < vocab_size:
+            raise ValueError(f"{name}[{i}] = {v} is outside the model's vocabulary [0, {vocab_size})")
+
+
+def check_positions(positions: Optional[Any], prompt_len: int) -> np.ndarray:
+    """Validate scored positions; ``None`` means every position ``1 .. prompt_len - 1``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted, unique int64 positions.
+    """
+    if prompt_len < 2:
+        raise ValueError(
+            f"prompt has {prompt_len} token(s): at least 2 are needed (position 0 is the "
+            f"conditioning token, usually BOS, and is never scored)"
+        )
+    if positions is None:
+        return np.arange(1, prompt_len, dtype=np.int64)
+    pos = as_id_list(positions, "positions") if not isinstance(positions, numbers.Integral) else None
+    if pos is None:
+        raise TypeError("positions must be a sequence of prompt indices, not a single integer")
+    if len(set(pos)) != len(pos):
+        dup = sorted({p for p in pos if pos.count(p) > 1})
+        raise ValueError(f"positions has duplicate entries: {dup}")
+    for p in pos:
+        if p == 0:
+            raise ValueError("position 0 cannot be scored: it is the conditioning token (usually BOS); "
+                             f"valid positions are 1 .. {prompt_len - 1}")
+        if not 1 <= p < prompt_len:
+            raise ValueError(f"position {p} is out of range for a prompt of {prompt_len} tokens "
+                             f"(valid: 1 .. {prompt_len - 1})")
+    return np.array(sorted(pos), dtype=np.int64)
+
+
+def check_candidates(candidates: Any, vocab_size: int) -> np.ndarray:
+    """Validate the candidate set; ``"all"`` is the whole output vocabulary.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted int64 candidate ids (the original token is added per position later).
+    """
+    if isinstance(candidates, str):
+        if candidates != "all":
+            raise ValueError(f"candidates must be 'all' or a sequence of token ids, got the string {candidates!r}")
+        return np.arange(vocab_size, dtype=np.int64)
+    try:
+        cand = as_id_list(candidates, "candidates")
+    except ValueError as err:
+        if "empty" in str(err):
+            raise ValueError("candidates is empty: give 'all' or at least one token id") from None
+        raise
+    if len(set(cand)) != len(cand):
+        dup = sorted({c for c in cand if cand.count(c) > 1})[:10]
+        raise ValueError(f"candidates has duplicate ids: {dup}")
+    check_in_vocab(cand, vocab_size, "candidates")
+    return np.array(sorted(cand), dtype=np.int64)
+
+
+def check_batch_size(batch_size: Any) -> Optional[int]:
+    """``None`` (pick from the memory budget) or a positive integer."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(f"batch_size must be a positive integer or None, got {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    return int(batch_size)
+
+
+def check_model(model: Any) -> torch.nn.Module:
+    """A causal LM is a ``torch.nn.Module`` returning an object with ``.logits``."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a causal language model (a torch.nn.Module returning .logits), "
+                        f"got {type(model).__name__}")
+    return model
