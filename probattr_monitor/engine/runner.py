@@ -212,7 +212,9 @@ class ModelRunner:
             logits = self._head(chunk) if from_hidden else chunk
             if not torch.isfinite(logits).all():
                 _check_finite(logits, "a candidate forward pass")
-            lse = torch.logsumexp(logits.float(), dim=-1)
+            if logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()
+            lse = torch.logsumexp(logits, dim=-1)
             tgt = logits.gather(1, flat_targets[start : start + rows_per_chunk, None].to(logits.device))[:, 0]
             out[start : start + chunk.shape[0]] = (tgt.double() - lse.double()).cpu()
         return out.reshape(batch, n_rows)

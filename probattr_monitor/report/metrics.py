@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -859,7 +859,7 @@ def metrics_from_probes(
         elif n_boot > 0 and n_def[j] < n_boot:
             note = (
                 f"interval from {int(n_def[j])} of {n_boot} resamples "
-                f"(the others had {_empty_reason(name).removeprefix('no ')})"
+                f"(the others had {_empty_reason(name)})"
                 if n_def[j] > 0
                 else f"no interval: {_empty_reason(name)} in any resample"
             )
@@ -1046,7 +1046,7 @@ class Comparison:
             return f"{mv.value:.4g} [{mv.low:.4g}, {mv.high:.4g}]"
 
         for m in self.metrics:
-            verdict = "differs" if m.differs else ("overlap" if m.overlap else "no clear difference")
+            verdict = "differs" if m.differs else "no clear difference"
             lines.append(f"{m.name:<30} {fmt(m.a):>24} {fmt(m.b):>24} {fmt(m.diff):>34}  {verdict}")
         return "\n".join(lines)
 

@@ -1,0 +1,518 @@
+"""The paper's figures for our data (matplotlib is the optional ``plots`` extra).
+
+* :func:`plot_tokens_by_as` / :func:`tokens_html`: prompt tokens coloured by AS
+  (PNG, and an HTML fragment with a tooltip per token; the HTML needs no
+  matplotlib);
+* :func:`plot_entropy_vs_as`: H and H' against AS with the mean of each AS
+  range as a dashed segment (the paper's Fig. 2);
+* :func:`plot_kl_vs_as`: KL against AS (Fig. 4);
+* :func:`plot_metrics_over_checkpoints`: set-level metrics with their intervals
+  across steps or checkpoints.
+
+Figures are built with the object-oriented API (``matplotlib.figure.Figure``
+rendered by the Agg canvas), so pyplot's global backend and figure registry are
+never touched and nothing needs closing. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+import numpy as np
+
+from probattr_monitor.io_utils import atomic_write, atomic_write_text
+from probattr_monitor.report._deps import require_matplotlib
+from probattr_monitor.report.metrics import AS_CLASSES, METRIC_NAMES, NoiseConfig, SetMetrics, _cfg, classify
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+# Diverging palette (ColorBrewer RdBu end points): negative AS blue, near-zero
+# white, positive red. Shared by the PNG and the HTML views.
+_NEG_RGB = (33, 102, 172)
+_MID_RGB = (247, 247, 247)
+_POS_RGB = (178, 24, 43)
+_EXCLUDED_BG = "#d9d9d9"
+_EXCLUDED_FG = "#737373"
+
+#: Colour saturation of the token views: ``|AS|`` at or above this is fully coloured
+#: (the paper's "high" boundary); the default scale adapts below it.
+DEFAULT_VMAX = 3.0
+
+_CLASS_STYLE = {"negative": "#2166ac", "near_zero": "#4d4d4d", "positive": "#d6604d", "high": "#b2182b"}
+
+
+# ---------------------------------------------------------------------- colours
+
+
+def as_rgb(value: float, vmax: float) -> tuple[int, int, int]:
+    """RGB (0-255) of an AS value on the diverging scale ``[-vmax, vmax]``."""
+    if not math.isfinite(value):
+        return (200, 200, 200)
+    t = max(-1.0, min(1.0, value / vmax)) if vmax > 0 else 0.0
+    end = _POS_RGB if t >= 0 else _NEG_RGB
+    t = abs(t)
+    return tuple(int(round(m + (e - m) * t)) for m, e in zip(_MID_RGB, end))  # type: ignore[return-value]
+
+
+def _hex(rgb: Sequence[int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def _text_on(rgb: Sequence[int]) -> str:
+    lum = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255.0
+    return "#000000" if lum > 0.55 else "#ffffff"
+
+
+def _default_vmax(values: np.ndarray) -> float:
+    finite = np.abs(values[np.isfinite(values)])
+    if finite.size == 0:
+        return 1.0
+    return float(min(max(finite.max(), 0.5), DEFAULT_VMAX))
+
+
+def _probe_rows(table: "pd.DataFrame", probe_id: str) -> "pd.DataFrame":
+    rows = table[table["probe_id"] == probe_id]
+    if len(rows) == 0:
+        raise ValueError(f"probe {probe_id!r} is not in the table")
+    return rows.sort_values("position", kind="stable")
+
+
+def _display(text: str) -> str:
+    """Token text with invisible characters made visible (newline, tab, empty)."""
+    if text == "":
+        return "\u2205"
+    return text.replace("\r", "").replace("\n", "\u21b5").replace("\t", "\u2192")
+
+
+# ------------------------------------------------------------------------ HTML
+
+
+def tokens_html(
+    table: "pd.DataFrame",
+    probe_id: str,
+    *,
+    vmax: Optional[float] = None,
+    full_document: bool = False,
+) -> str:
+    """Prompt tokens of one probe as HTML, each coloured by its AS.
+
+    Each token is a ``<span>`` with inline styles (diverging colour: blue
+    negative, white near zero, red positive) and a ``title`` tooltip with AS,
+    H, H', KL, class and noise flag. Excluded tokens are grey; noise tokens
+    get a dashed outline. Needs no matplotlib.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A token table (:func:`~probattr_monitor.report.table.build_token_table`).
+    probe_id : str
+    vmax : float, optional
+        ``|AS|`` of full saturation; default ``clip(max |AS|, 0.5, 3)``.
+    full_document : bool
+        Return a complete ``<!DOCTYPE html>`` page instead of a ``<div>``.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+        If ``probe_id`` is not in the table.
+    """
+    rows = _probe_rows(table, probe_id)
+    a = rows["attribution"].to_numpy(dtype=np.float64)
+    excluded = rows["excluded"].to_numpy(dtype=bool) if "excluded" in rows else np.zeros(len(rows), bool)
+    vmax = _default_vmax(a[~excluded]) if vmax is None else float(vmax)
+    spans = []
+    for i, r in enumerate(rows.itertuples(index=False)):
+        text = str(r.token_text)
+        tip = (
+            f"position {r.position} | token {r.token_id}\n"
+            f"AS = {r.attribution:.4f}\nH = {r.entropy_prompt:.4f}\nH' = {r.entropy_full:.4f}\n"
+            f"KL = {r.kl:.4f}\nclass: {r.as_class}" + (" | noise token" if bool(r.noise) else "")
+            + (" | excluded" if excluded[i] else "")
+        )
+        if excluded[i]:
+            style = f"background-color:{_EXCLUDED_BG};color:{_EXCLUDED_FG};font-style:italic;"
+        else:
+            rgb = as_rgb(float(r.attribution), vmax)
+            style = f"background-color:{_hex(rgb)};color:{_text_on(rgb)};"
+        if bool(r.noise) and not excluded[i]:
+            style += "outline:1px dashed #000000;"
+        style += "padding:1px 0;border-radius:2px;"
+        shown = html.escape(text.replace("\r", "").replace("\n", "\u21b5") if text else "\u2205")
+        span = f'<span class="probattr-token" style="{style}" title="{html.escape(tip, quote=True)}">{shown}</span>'
+        if "\n" in text:
+            span += "<br>"
+        spans.append(span)
+    legend = (
+        f'<div style="font-size:0.8em;color:#555;margin-top:0.5em;">'
+        f"AS colour scale: blue &lt; 0 &lt; red, saturated at |AS| = {vmax:.3g}; "
+        f"grey: excluded (special/template); dashed outline: noise token</div>"
+    )
+    body = (
+        f'<div class="probattr-probe" data-probe-id="{html.escape(str(probe_id), quote=True)}" '
+        f'style="font-family:monospace;white-space:pre-wrap;line-height:1.8;">'
+        + "".join(spans)
+        + "</div>"
+        + legend
+    )
+    if not full_document:
+        return body
+    title = html.escape(f"probe {probe_id}: tokens by attribution score")
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        f"<title>{title}</title></head><body><h3>{title}</h3>{body}</body></html>\n"
+    )
+
+
+def write_tokens_html(table: "pd.DataFrame", probe_id: str, path: Union[str, Path], *, vmax: Optional[float] = None) -> Path:
+    """Write :func:`tokens_html` as a full HTML page, atomically; returns the path."""
+    return atomic_write_text(path, tokens_html(table, probe_id, vmax=vmax, full_document=True))
+
+
+# ---------------------------------------------------------------------- figures
+
+
+def _figure(figsize: tuple[float, float], dpi: int) -> Any:
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, dpi=dpi)
+
+
+def _save(fig: Any, path: Union[str, Path], dpi: int) -> Path:
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Gg]lyph.*missing.*")
+        atomic_write(path, lambda p: fig.savefig(p, format=fmt, dpi=dpi))
+    logger.debug("wrote figure %s", path)
+    return path
+
+
+def plot_tokens_by_as(
+    table: "pd.DataFrame",
+    probe_id: str,
+    path: Union[str, Path],
+    *,
+    vmax: Optional[float] = None,
+    width_in: float = 10.0,
+    fontsize: float = 12.0,
+    dpi: int = 120,
+) -> Path:
+    """Prompt tokens of one probe laid out as text, coloured by AS (PNG).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A token table.
+    probe_id : str
+    path : str or Path
+        Output file; its suffix picks the format (``.png`` by default).
+    vmax : float, optional
+        ``|AS|`` of full saturation; default ``clip(max |AS|, 0.5, 3)``.
+    width_in, fontsize, dpi
+        Figure width (inches), token font size (points) and resolution.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ValueError
+        If ``probe_id`` is not in the table.
+    ImportError
+        Without matplotlib (the ``plots`` extra).
+    """
+    rows = _probe_rows(table, probe_id)
+    require_matplotlib()
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LinearSegmentedColormap, Normalize
+
+    a = rows["attribution"].to_numpy(dtype=np.float64)
+    excluded = rows["excluded"].to_numpy(dtype=bool) if "excluded" in rows else np.zeros(len(rows), bool)
+    noise = rows["noise"].to_numpy(dtype=bool)
+    texts = [str(t) for t in rows["token_text"]]
+    vmax = _default_vmax(a[~excluded]) if vmax is None else float(vmax)
+
+    # Monospace layout in inches: a glyph is ~0.6 em wide.
+    char_w = 0.6 * fontsize / 72.0
+    line_h = 1.9 * fontsize / 72.0
+    margin = 0.3
+    usable = width_in - 2 * margin
+    placed = []  # (x, line, display text, index)
+    x, line = 0.0, 0
+    for i, t in enumerate(texts):
+        shown = _display(t)
+        w = char_w * max(len(shown), 1) + 0.04
+        if x > 0 and x + w > usable:
+            x, line = 0.0, line + 1
+        placed.append((x, line, shown, i))
+        x += w
+        if "\n" in t:
+            x, line = 0.0, line + 1
+    n_lines = (placed[-1][1] + 1) if placed else 1
+    title_h, cbar_h = 0.6, 1.0
+    height = title_h + n_lines * line_h + cbar_h
+    fig = _figure((width_in, height), dpi)
+    trans = fig.dpi_scale_trans
+    step = rows["step"].iloc[0] if "step" in rows else None
+    step_s = "" if step is None or (isinstance(step, float) and math.isnan(step)) else f" (step {step})"
+    fig.text(margin, height - 0.35, f"probe {probe_id}{step_s}: prompt tokens coloured by AS",
+             transform=trans, fontsize=fontsize, weight="bold", va="center")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Gg]lyph.*missing.*")
+        for x, ln, shown, i in placed:
+            y = height - title_h - (ln + 0.5) * line_h
+            if excluded[i]:
+                bg, fg = _EXCLUDED_BG, _EXCLUDED_FG
+            else:
+                rgb = as_rgb(float(a[i]), vmax)
+                bg, fg = _hex(rgb), _text_on(rgb)
+            box = {"boxstyle": "square,pad=0.15", "facecolor": bg, "edgecolor": "none"}
+            if noise[i] and not excluded[i]:
+                box.update(edgecolor="black", linestyle="--", linewidth=0.8)
+            fig.text(margin + x, y, shown, transform=trans, family="monospace", fontsize=fontsize,
+                     color=fg, va="center", ha="left", bbox=box)
+    cmap = LinearSegmentedColormap.from_list(
+        "probattr_as", [tuple(c / 255 for c in _NEG_RGB), tuple(c / 255 for c in _MID_RGB), tuple(c / 255 for c in _POS_RGB)]
+    )
+    cax = fig.add_axes((0.25, 0.55 / height, 0.5, 0.15 / height))
+    cb = fig.colorbar(ScalarMappable(norm=Normalize(-vmax, vmax), cmap=cmap), cax=cax, orientation="horizontal")
+    cb.set_label("attribution score AS (nats); grey = excluded, dashed = noise token", fontsize=9)
+    return _save(fig, path, dpi)
+
+
+def _eligible(table: "pd.DataFrame", probe_ids: Optional[Sequence[str]]) -> "pd.DataFrame":
+    rows = table
+    if probe_ids is not None:
+        rows = rows[rows["probe_id"].isin(list(probe_ids))]
+    mask = np.isfinite(rows["attribution"].to_numpy(dtype=np.float64))
+    if "excluded" in rows:
+        mask &= ~rows["excluded"].to_numpy(dtype=bool)
+    return rows[mask]
+
+
+def _class_ranges(cfg: NoiseConfig, lo: float, hi: float) -> dict[str, tuple[float, float]]:
+    bounds = {
+        "negative": (lo, cfg.negative_below),
+        "near_zero": (cfg.negative_below, cfg.near_zero_max),
+        "positive": (cfg.near_zero_max, cfg.high_above),
+        "high": (cfg.high_above, hi),
+    }
+    return {c: (max(b0, lo), min(b1, hi)) for c, (b0, b1) in bounds.items()}
+
+
+def _scatter_with_range_means(
+    ax: Any,
+    a: np.ndarray,
+    series: Sequence[tuple[str, np.ndarray, str, str]],
+    cfg: NoiseConfig,
+    xscale: str,
+) -> None:
+    classes = classify(a, cfg)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (-1.0, 1.0)
+    ranges = _class_ranges(cfg, lo, hi)
+    for label, y, color, marker in series:
+        ax.scatter(a, y, s=14, alpha=0.55, color=color, marker=marker, label=label, linewidths=0.8)
+        for c in AS_CLASSES:
+            m = (classes == c) & np.isfinite(y)
+            if not m.any():
+                continue
+            x0, x1 = ranges[c]
+            if x1 <= x0:  # a single value: give the segment a visible width
+                x0, x1 = x0 - 0.05, x1 + 0.05
+            ax.hlines(float(np.mean(y[m])), x0, x1, colors=color, linestyles="dashed", linewidth=1.6)
+    for b in (cfg.negative_below, cfg.near_zero_max, cfg.high_above):
+        if lo <= b <= hi:
+            ax.axvline(b, color="#999999", linestyle=":", linewidth=0.8)
+    if xscale == "symlog":
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_xscale("symlog", linthresh=1.0)
+        base = [0.0, cfg.negative_below, cfg.near_zero_max, cfg.high_above]
+        for mag in (1.0, 10.0, 100.0, 1000.0):
+            base += [m * mag for m in (1.0, 2.0, 5.0)] + [-m * mag for m in (1.0, 2.0, 5.0)]
+        ticks = sorted({t for t in base if lo - 1e-12 <= t <= hi + 1e-12})
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.set_xlabel("attribution score AS (nats)")
+    ax.grid(alpha=0.3)
+
+
+def _no_data(ax: Any, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#777777")
+
+
+def plot_entropy_vs_as(
+    table: "pd.DataFrame",
+    path: Union[str, Path],
+    *,
+    cfg: Optional[NoiseConfig] = None,
+    probe_ids: Optional[Sequence[str]] = None,
+    xscale: str = "symlog",
+    title: Optional[str] = None,
+    dpi: int = 120,
+) -> Path:
+    """H and H' of every eligible token against its AS (the paper's Fig. 2).
+
+    Each AS range (negative, near-zero, positive, high; boundaries from
+    ``cfg``) gets a dashed horizontal segment at the mean H and mean H' of its
+    tokens; the near-zero H' segment is the paper's threshold-free line.
+    Excluded tokens and tokens with a non-finite AS are left out.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A token table (one or several probes).
+    path : str or Path
+        Output file (``.png`` by default).
+    cfg : NoiseConfig, optional
+        Range boundaries; defaults to ``NoiseConfig()``.
+    probe_ids : sequence of str, optional
+        Restrict to these probes.
+    xscale : {"symlog", "linear"}
+    title : str, optional
+    dpi : int
+
+    Returns
+    -------
+    Path
+    """
+    cfg = _cfg(cfg)
+    if xscale not in ("symlog", "linear"):
+        raise ValueError(f"xscale must be 'symlog' or 'linear', got {xscale!r}")
+    rows = _eligible(table, probe_ids)
+    fig = _figure((8.0, 5.0), dpi)
+    ax = fig.add_subplot(1, 1, 1)
+    a = rows["attribution"].to_numpy(dtype=np.float64)
+    if a.size:
+        _scatter_with_range_means(
+            ax,
+            a,
+            [
+                ("H (prompt)", rows["entropy_prompt"].to_numpy(dtype=np.float64), "#1f77b4", "o"),
+                ("H' (prompt + response)", rows["entropy_full"].to_numpy(dtype=np.float64), "#ff7f0e", "x"),
+            ],
+            cfg,
+            xscale,
+        )
+        ax.legend(loc="best", fontsize=9, title="dashed: mean per AS range", title_fontsize=8)
+    else:
+        _no_data(ax, "no eligible tokens")
+    ax.set_ylabel("contextual entropy (nats)")
+    ax.set_title(title or f"Contextual entropy vs attribution ({len(a)} tokens)")
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_kl_vs_as(
+    table: "pd.DataFrame",
+    path: Union[str, Path],
+    *,
+    cfg: Optional[NoiseConfig] = None,
+    probe_ids: Optional[Sequence[str]] = None,
+    xscale: str = "symlog",
+    title: Optional[str] = None,
+    dpi: int = 120,
+) -> Path:
+    """KL(p' || p) of every eligible token against its AS (the paper's Fig. 4).
+
+    Same layout as :func:`plot_entropy_vs_as` (dashed mean KL per AS range).
+
+    Returns
+    -------
+    Path
+    """
+    cfg = _cfg(cfg)
+    if xscale not in ("symlog", "linear"):
+        raise ValueError(f"xscale must be 'symlog' or 'linear', got {xscale!r}")
+    rows = _eligible(table, probe_ids)
+    fig = _figure((8.0, 5.0), dpi)
+    ax = fig.add_subplot(1, 1, 1)
+    a = rows["attribution"].to_numpy(dtype=np.float64)
+    if a.size:
+        _scatter_with_range_means(ax, a, [("KL(p' || p)", rows["kl"].to_numpy(dtype=np.float64), "#2ca02c", "o")], cfg, xscale)
+        ax.legend(loc="best", fontsize=9, title="dashed: mean per AS range", title_fontsize=8)
+    else:
+        _no_data(ax, "no eligible tokens")
+    ax.set_ylabel("KL divergence (nats)")
+    ax.set_title(title or f"KL vs attribution ({len(a)} tokens)")
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_metrics_over_checkpoints(
+    history: Sequence[tuple[Union[int, str, None], SetMetrics]],
+    path: Union[str, Path],
+    metric: Union[str, Sequence[str]] = "noise_rate",
+    *,
+    title: Optional[str] = None,
+    dpi: int = 120,
+) -> Path:
+    """Set-level metrics across steps or checkpoints, with interval bands.
+
+    Parameters
+    ----------
+    history : sequence of (step, SetMetrics)
+        In the order to plot. Integer steps are placed on a numeric axis;
+        otherwise (checkpoint names) evenly, labelled.
+    path : str or Path
+        Output file (``.png`` by default).
+    metric : str or sequence of str
+        One or more of :data:`~probattr_monitor.report.metrics.METRIC_NAMES`;
+        one panel each.
+    title : str, optional
+    dpi : int
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ValueError
+        On an unknown metric name.
+    """
+    names = [metric] if isinstance(metric, str) else list(metric)
+    if not names:
+        raise ValueError("metric must name at least one metric")
+    for name in names:
+        if name not in METRIC_NAMES:
+            raise ValueError(f"unknown metric {name!r}; known: {METRIC_NAMES}")
+    steps = [s for s, _ in history]
+    numeric = bool(steps) and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in steps)
+    x = np.asarray(steps, dtype=np.float64) if numeric else np.arange(len(steps), dtype=np.float64)
+    fig = _figure((8.0, 2.6 * len(names) + 0.6), dpi)
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(len(names), 1, k + 1)
+        vals = np.array([m[name].value for _, m in history], dtype=np.float64)
+        low = np.array([m[name].low for _, m in history], dtype=np.float64)
+        high = np.array([m[name].high for _, m in history], dtype=np.float64)
+        if len(history):
+            ci = history[0][1].ci
+            ax.fill_between(x, low, high, alpha=0.25, color="#1f77b4", linewidth=0, label=f"{ci:.0%} bootstrap interval")
+            ax.plot(x, vals, marker="o", color="#1f77b4", label=name)
+            ax.legend(loc="best", fontsize=8)
+        else:
+            _no_data(ax, "no checkpoints")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        if not numeric and len(steps):
+            ax.set_xticks(x)
+            ax.set_xticklabels(["-" if s is None else str(s) for s in steps], rotation=30, ha="right", fontsize=8)
+    fig.axes[-1].set_xlabel("step" if numeric else "checkpoint")
+    fig.suptitle(title or "probattr metrics across checkpoints")
+    fig.tight_layout()
+    return _save(fig, path, dpi)

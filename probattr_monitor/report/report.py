@@ -1,0 +1,372 @@
+"""A report: the per-token table, its metrics and metadata, saved and loaded.
+
+On disk a report is a directory::
+
+    tokens.csv       the token table          (format "csv")
+    tokens.parquet   the token table          (format "parquet", needs pyarrow)
+    report.json      meta + metrics + records (format "json")
+    metrics.json     meta + metrics + flat scalars + the table schema (always)
+
+Every file is written atomically; ``metrics.json`` is written last and holds the
+column schema that lets each table format load back with identical dtypes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from probattr_monitor.io_utils import atomic_write_text
+from probattr_monitor.report._deps import require_pandas
+from probattr_monitor.report.metrics import NoiseConfig, SetMetrics, _cfg, compute_metrics
+from probattr_monitor.report.table import (
+    Step,
+    build_token_table,
+    column_kinds,
+    read_table_csv,
+    read_table_parquet,
+    table_from_records,
+    table_records,
+    write_table_csv,
+    write_table_parquet,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from probattr_monitor.engine.result import AttributionResult
+
+logger = logging.getLogger(__name__)
+
+#: Identifies report files; bumped on incompatible layout changes.
+REPORT_FORMAT = "probattr-monitor/report"
+REPORT_VERSION = 1
+
+#: File name of each table format.
+TABLE_FILES = {"csv": "tokens.csv", "parquet": "tokens.parquet", "json": "report.json"}
+METRICS_FILE = "metrics.json"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "to_dict"):
+        return _jsonable(value.to_dict())
+    return str(value)
+
+
+def _dumps(obj: Any) -> str:
+    # NaN/Infinity are kept (as Python's json module writes them) so that
+    # floats round-trip exactly, like AttributionResult.to_json.
+    return json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=True)
+
+
+def normalize_meta(meta: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """``meta`` converted to plain JSON types (what a saved report loads back as)."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"meta must be a mapping, got {type(meta).__name__}")
+    return json.loads(_dumps(_jsonable(meta)))
+
+
+@dataclass(eq=False)
+class Report:
+    """Per-token table, metrics and metadata of one probe set at one step.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        See :func:`probattr_monitor.report.table.build_token_table`.
+    metrics : SetMetrics
+        See :func:`probattr_monitor.report.metrics.compute_metrics`.
+    meta : dict
+        JSON-ready metadata (step, model name, probe-set name and fingerprint,
+        scoring settings, noise config, timestamps); normalised to plain JSON
+        types on construction.
+
+    Notes
+    -----
+    ``==`` compares tables (dtypes and values, NaN equal to NaN), metrics and
+    meta.
+    """
+
+    table: Any
+    metrics: SetMetrics
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.meta = normalize_meta(self.meta)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Report):
+            return NotImplemented
+        return (
+            list(self.table.columns) == list(other.table.columns)
+            and bool(self.table.equals(other.table))
+            and self.metrics == other.metrics
+            and self.meta == other.meta
+        )
+
+    @property
+    def step(self) -> Step:
+        """The report's step (from ``meta["step"]``)."""
+        return self.meta.get("step")
+
+    # ------------------------------------------------------------- construction
+
+    @classmethod
+    def from_results(
+        cls,
+        scored: Sequence[tuple[str, "AttributionResult"]],
+        *,
+        step: Step = None,
+        cfg: Optional[NoiseConfig] = None,
+        template_masks: Optional[Mapping[str, Any]] = None,
+        decode: Optional[Callable[[int], str]] = None,
+        n_boot: int = 1000,
+        seed: Optional[int] = 0,
+        ci: float = 0.95,
+        meta: Optional[Mapping[str, Any]] = None,
+    ) -> "Report":
+        """Build the table and metrics of scored probes.
+
+        Parameters
+        ----------
+        scored, step, cfg, template_masks, decode
+            As in :func:`~probattr_monitor.report.table.build_token_table`.
+        n_boot, seed, ci
+            As in :func:`~probattr_monitor.report.metrics.compute_metrics`.
+        meta : mapping, optional
+            Extra metadata (model name, probe-set name and fingerprint,
+            scoring settings...); ``step``, ``noise_config``, ``bootstrap``
+            and ``created_at`` are added unless given.
+
+        Returns
+        -------
+        Report
+        """
+        cfg = _cfg(cfg)
+        table = build_token_table(scored, step=step, cfg=cfg, template_masks=template_masks, decode=decode)
+        metrics = compute_metrics(table, cfg, n_boot=n_boot, seed=seed, ci=ci)
+        full = {
+            "step": step,
+            "noise_config": cfg.to_dict(),
+            "bootstrap": {"n_boot": n_boot, "seed": seed, "ci": ci},
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        }
+        full.update(dict(meta or {}))
+        return cls(table=table, metrics=metrics, meta=full)
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, directory: str | Path, formats: Sequence[str] = ("csv", "parquet", "json")) -> dict[str, Path]:
+        """Write the report to ``directory`` atomically, file by file.
+
+        Parameters
+        ----------
+        directory : str or Path
+            Created if missing; existing report files are replaced.
+        formats : sequence of {"csv", "parquet", "json"}
+            Table formats to write (``tokens.csv``, ``tokens.parquet``,
+            ``report.json``); ``metrics.json`` is always written, last.
+
+        Returns
+        -------
+        dict of str to Path
+            Written path per format, plus ``"metrics"``.
+
+        Raises
+        ------
+        ValueError
+            On an unknown format.
+        ImportError
+            For ``"parquet"`` without pyarrow (the ``io`` extra).
+        """
+        formats = tuple(dict.fromkeys(formats))
+        unknown = [f for f in formats if f not in TABLE_FILES]
+        if unknown:
+            raise ValueError(f"unknown report formats {unknown}; known: {sorted(TABLE_FILES)}")
+        directory = Path(directory)
+        kinds = column_kinds(self.table)
+        schema = [[name, kind] for name, kind in kinds.items()]
+        header = {"format": REPORT_FORMAT, "version": REPORT_VERSION}
+        written: dict[str, Path] = {}
+        for fmt in formats:
+            path = directory / TABLE_FILES[fmt]
+            if fmt == "csv":
+                write_table_csv(self.table, path)
+            elif fmt == "parquet":
+                write_table_parquet(self.table, path)
+            else:
+                payload = {
+                    **header,
+                    "meta": self.meta,
+                    "metrics": self.metrics.to_dict(),
+                    "columns": schema,
+                    "records": table_records(self.table),
+                }
+                atomic_write_text(path, _dumps(payload))
+            written[fmt] = path
+        manifest = {
+            **header,
+            "meta": self.meta,
+            "scalars": self.metrics.scalars(),
+            "metrics": self.metrics.to_dict(),
+            "columns": schema,
+            "n_rows": int(len(self.table)),
+            "formats": list(formats),
+        }
+        written["metrics"] = atomic_write_text(directory / METRICS_FILE, _dumps(manifest))
+        logger.info("saved report (%d rows, formats %s) to %s", len(self.table), list(formats), directory)
+        return written
+
+    @classmethod
+    def load(cls, directory: str | Path, fmt: Optional[str] = None) -> "Report":
+        """Load a report written by :meth:`save`.
+
+        Parameters
+        ----------
+        directory : str or Path
+        fmt : {"csv", "parquet", "json"}, optional
+            Table format to read. By default: Parquet if present and pyarrow
+            is installed, else JSON, else CSV.
+
+        Returns
+        -------
+        Report
+            Equal to the saved one (same table dtypes and values, metrics and
+            meta).
+
+        Raises
+        ------
+        FileNotFoundError
+            If the directory holds no report (or not the requested format).
+        ValueError
+            On an unknown format, a foreign file, or a table whose row count
+            disagrees with ``metrics.json``.
+        """
+        directory = Path(directory)
+        if fmt is not None and fmt not in TABLE_FILES:
+            raise ValueError(f"unknown report format {fmt!r}; known: {sorted(TABLE_FILES)}")
+        manifest_path = directory / METRICS_FILE
+        report_json = directory / TABLE_FILES["json"]
+        full_json: Optional[dict[str, Any]] = None
+        if manifest_path.exists():
+            manifest = _load_json(manifest_path)
+        elif report_json.exists():
+            manifest = full_json = _load_json(report_json)
+        else:
+            raise FileNotFoundError(f"no report in {directory} (neither {METRICS_FILE} nor report.json)")
+        if fmt is None:
+            fmt = _default_format(directory)
+        path = directory / TABLE_FILES[fmt]
+        if not path.exists():
+            raise FileNotFoundError(f"report in {directory} has no {fmt} table ({path.name})")
+        kinds = {str(name): str(kind) for name, kind in manifest["columns"]}
+        if fmt == "csv":
+            table = read_table_csv(path, kinds)
+        elif fmt == "parquet":
+            table = read_table_parquet(path, kinds)
+        else:
+            payload = full_json if full_json is not None else _load_json(path)
+            kinds = {str(name): str(kind) for name, kind in payload["columns"]}
+            table = table_from_records(payload["records"], kinds)
+        metrics = SetMetrics.from_dict(manifest["metrics"])
+        _check_consistent(table, metrics, manifest.get("n_rows"), path.name)
+        return cls(table=table, metrics=metrics, meta=manifest.get("meta") or {})
+
+    # --------------------------------------------------------------- analysis
+
+    def diff_classes(self, other: "Report") -> "pd.DataFrame":
+        """Tokens whose AS class differs between this report (a) and ``other`` (b).
+
+        Tokens are matched on ``(probe_id, position, token_id)``; tokens present
+        in only one report are not listed.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``probe_id, position, token_id, token_text, as_class_a,
+            as_class_b, attribution_a, attribution_b, noise_a, noise_b``, sorted
+            by probe (in order of this report) and position.
+        """
+        pd = require_pandas()
+        key = ["probe_id", "position", "token_id"]
+        cols = ["as_class", "attribution", "noise"]
+        a = self.table[key + ["token_text"] + cols]
+        b = other.table[key + cols]
+        merged = a.merge(b, on=key, how="inner", suffixes=("_a", "_b"), sort=False)
+        changed = merged[merged["as_class_a"] != merged["as_class_b"]]
+        out = changed[
+            key
+            + ["token_text", "as_class_a", "as_class_b", "attribution_a", "attribution_b", "noise_a", "noise_b"]
+        ]
+        return pd.DataFrame(out).reset_index(drop=True)
+
+
+def _check_consistent(table: Any, metrics: SetMetrics, n_rows: Optional[int], name: str) -> None:
+    """Raise if the table and the metrics do not describe the same save."""
+    problem = None
+    if n_rows is not None and int(n_rows) != len(table):
+        problem = f"{name} has {len(table)} rows but {METRICS_FILE} expects {n_rows}"
+    elif metrics.per_probe:
+        expected = {p.probe_id: p.n_total for p in metrics.per_probe}
+        got = dict(Counter(str(v) for v in table["probe_id"].tolist()))
+        if got != expected:
+            problem = f"the probes of {name} and their token counts differ from the metrics'"
+    if problem:
+        raise ValueError(f"{problem}: the files come from different saves")
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
+        raise ValueError(f"{path} is not a probattr-monitor report file")
+    if int(data.get("version", 0)) > REPORT_VERSION:
+        raise ValueError(
+            f"{path} has report version {data.get('version')}; this probattr-monitor reads up to {REPORT_VERSION}"
+        )
+    return data
+
+
+def _default_format(directory: Path) -> str:
+    if (directory / TABLE_FILES["parquet"]).exists():
+        try:
+            import pyarrow  # noqa: F401
+
+            return "parquet"
+        except ImportError:
+            logger.info("pyarrow missing: reading the JSON/CSV table instead of Parquet")
+    if (directory / TABLE_FILES["json"]).exists():
+        return "json"
+    if (directory / TABLE_FILES["csv"]).exists():
+        return "csv"
+    if (directory / TABLE_FILES["parquet"]).exists():
+        return "parquet"  # raises the ImportError naming the extra
+    raise FileNotFoundError(f"report in {directory} has no token table")
+
+
+def load_reports(directories: Sequence[str | Path]) -> list[Report]:
+    """Load several report directories (e.g. one per checkpoint)."""
+    return [Report.load(d) for d in directories]
+
