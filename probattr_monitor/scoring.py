@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
+import numpy as np
+import torch
 from probattr_monitor.engine.exact import attribute
 from probattr_monitor.engine.result import AttributionResult
 from probattr_monitor.engine.text import DECODINGS, make_response
@@ -145,8 +147,6 @@ def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig)
     res = attribute(model, rendered.ids, response_ids, candidates=config.candidates,
                     batch_size=config.batch_size, memory_budget_mb=config.memory_budget_mb)
     specials = special_ids(tokenizer)
-    import numpy as np
-
     res = dataclasses.replace(
         res,
         token_texts=tuple(token_texts(tokenizer, res.token_ids)),
@@ -154,6 +154,33 @@ def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig)
         response_text=tokenizer.decode(list(response_ids)),
     )
     return ProbeScore(probe.id, res, tuple(rendered.template_mask), None, time.perf_counter() - started)
+
+
+#: How many times a probe that ran out of memory is retried with smaller batches.
+OOM_RETRIES = 3
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an out-of-memory error of torch (CUDA, MPS or CPU allocator)."""
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(err, oom_type):
+        return True
+    return isinstance(err, (RuntimeError, MemoryError)) and "out of memory" in str(err).lower()
+
+
+def _score_with_oom_retry(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig) -> ProbeScore:
+    for attempt in range(OOM_RETRIES + 1):
+        try:
+            return score_probe(model, tokenizer, probe, config)
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err) or attempt == OOM_RETRIES:
+                raise
+            smaller = max(1, (config.batch_size or 64) // 2)
+            logger.warning("probattr: probe %r ran out of memory; retrying with batch_size=%d", probe.id, smaller)
+            config = dataclasses.replace(config, batch_size=smaller, memory_budget_mb=config.memory_budget_mb / 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    raise AssertionError("unreachable")
 
 
 def score_probes(
@@ -164,8 +191,12 @@ def score_probes(
     *,
     on_error: str = "raise",
     progress: Optional[Callable[[int, str], None]] = None,
+    deadline: Optional[float] = None,
 ) -> list[ProbeScore]:
     """Score each probe in turn.
+
+    A probe that runs out of memory is retried with half the batch size and
+    memory budget (up to :data:`OOM_RETRIES` times) before it counts as failed.
 
     Parameters
     ----------
@@ -175,13 +206,20 @@ def score_probes(
         logged warning, and goes on with the next probe.
     progress : callable, optional
         Called as ``progress(index, probe_id)`` after each probe.
+    deadline : float, optional
+        A ``time.monotonic()`` value; probes not started by then are recorded
+        as skipped.
     """
     if on_error not in ("raise", "record"):
         raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
     out = []
     for i, probe in enumerate(probes):
+        if deadline is not None and time.monotonic() > deadline:
+            logger.warning("probattr: time budget exhausted; probe %r not scored", probe.id)
+            out.append(ProbeScore(probe.id, None, None, "skipped: time budget exhausted"))
+            continue
         try:
-            out.append(score_probe(model, tokenizer, probe, config))
+            out.append(_score_with_oom_retry(model, tokenizer, probe, config))
         except (ValueError, TypeError, RuntimeError) as err:
             if on_error == "raise":
                 raise

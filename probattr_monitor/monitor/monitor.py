@@ -1,0 +1,262 @@
+"""The framework-agnostic monitor: probe set + scoring settings + schedule + state."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from probattr_monitor.monitor.guard import training_state_guard
+from probattr_monitor.monitor.schedule import Schedule
+from probattr_monitor.probes import ProbeSet, load_probe_set, render
+from probattr_monitor.report import METRIC_NAMES, Report
+from probattr_monitor.scoring import ProbeScore, ScoringConfig, build_report, context_limit, score_probes
+
+logger = logging.getLogger(__name__)
+
+MODES = ("min", "max")
+
+
+@dataclass
+class HistoryEntry:
+    """One scoring run as remembered by the monitor (and saved in checkpoints)."""
+
+    step: int
+    value: float
+    scalars: dict
+    fingerprint: str
+    seconds: float
+    n_scored: int
+    errors: dict = field(default_factory=dict)
+
+
+@dataclass
+class MonitorState:
+    """Everything the monitor must carry across a resume."""
+
+    history: list = field(default_factory=list)
+    best_value: Optional[float] = None
+    best_step: Optional[int] = None
+    last_step: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return {
+            "history": [asdict(h) for h in self.history],
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "last_step": self.last_step,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MonitorState":
+        return cls(
+            history=[HistoryEntry(**h) for h in data.get("history", [])],
+            best_value=data.get("best_value"),
+            best_step=data.get("best_step"),
+            last_step=data.get("last_step"),
+        )
+
+
+class ProbAttrMonitor:
+    """Scores a fixed probe set with the model being trained and keeps the history.
+
+    The monitor knows nothing of training frameworks: callbacks decide *when*
+    (through :attr:`schedule`) and call :meth:`run`; the monitor scores, builds
+    the :class:`~probattr_monitor.report.Report` and updates its state.
+
+    Parameters
+    ----------
+    probes : str, path or ProbeSet
+        A built-in probe-set name (``"reasonable-en"``, ``"paper"``), a JSONL/YAML
+        file, or a :class:`~probattr_monitor.probes.ProbeSet`.
+    tokenizer : transformers tokenizer, optional
+        Needed before the first run; may be given later to :meth:`setup`.
+    scoring : ScoringConfig, optional
+        Candidates (exact or budgeted), decoding, noise rule...
+    schedule : Schedule, optional
+        When callbacks score (default: at the end of each validation/evaluation).
+    metric : str
+        The metric whose best value is tracked (one of
+        :data:`probattr_monitor.report.METRIC_NAMES`; default ``noise_rate``).
+    mode : {"min", "max"}
+        Whether a lower or higher ``metric`` is better.
+    time_budget_s : float, optional
+        Stop scoring further probes of a run once this many seconds have passed
+        (single-process runs only: under DDP every rank scores its whole shard).
+    prefix : str
+        Logged keys are ``f"{prefix}/{name}"``.
+    """
+
+    def __init__(
+        self,
+        probes: Any = "reasonable-en",
+        *,
+        tokenizer: Any = None,
+        scoring: Optional[ScoringConfig] = None,
+        schedule: Optional[Schedule] = None,
+        metric: str = "noise_rate",
+        mode: str = "min",
+        time_budget_s: Optional[float] = None,
+        prefix: str = "probattr",
+    ) -> None:
+        if metric not in METRIC_NAMES:
+            raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if time_budget_s is not None and time_budget_s <= 0:
+            raise ValueError(f"time_budget_s must be positive, got {time_budget_s}")
+        if not prefix or "/" in prefix.strip("/"):
+            raise ValueError(f"prefix must be a non-empty name without '/', got {prefix!r}")
+        self.probe_set: ProbeSet = load_probe_set(probes)  # raises on unknown set / bad file
+        if len(self.probe_set) == 0:
+            raise ValueError(f"probe set {self.probe_set.name!r} is empty")
+        self.tokenizer = tokenizer
+        self.scoring = scoring or ScoringConfig()
+        self.schedule = schedule or Schedule()
+        self.metric = metric
+        self.mode = mode
+        self.time_budget_s = time_budget_s
+        self.prefix = prefix.strip("/")
+        self.state = MonitorState()
+        self._checked_for: Optional[int] = None
+
+    # ------------------------------------------------------------------ keys
+    @property
+    def monitor_key(self) -> str:
+        """The logged key of :attr:`metric`, e.g. ``probattr/noise_rate``."""
+        return self.key(self.metric)
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
+
+    def scalar_keys(self) -> list[str]:
+        """Every scalar key a run logs (metrics, their intervals and counts)."""
+        keys = []
+        for name in METRIC_NAMES:
+            keys += [self.key(name), self.key(f"{name}_ci_low"), self.key(f"{name}_ci_high")]
+        return keys
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, model: Any, tokenizer: Any = None) -> None:
+        """Check, before training starts, that every probe can be scored with this model.
+
+        Raises
+        ------
+        ValueError
+            No tokenizer, or a probe (plus its response budget) longer than the
+            model's context window.
+        """
+        if tokenizer is not None:
+            self.tokenizer = tokenizer
+        if self.tokenizer is None:
+            raise ValueError("ProbAttrMonitor needs a tokenizer: pass tokenizer=... when creating it")
+        limit = context_limit(model)
+        if limit is None or self._checked_for == limit:
+            return
+        for probe in self.probe_set:
+            n = len(render(probe, self.tokenizer).ids) + self.scoring.max_new_tokens
+            if n > limit:
+                raise ValueError(
+                    f"probe {probe.id!r} of {self.probe_set.name!r} needs {n} tokens (prompt + "
+                    f"max_new_tokens={self.scoring.max_new_tokens}) but the model's context window is {limit}"
+                )
+        self._checked_for = limit
+
+    # ------------------------------------------------------------------ running
+    def already_scored(self, step: int) -> bool:
+        """Whether ``step`` has been scored (never score the same step twice)."""
+        return self.state.last_step is not None and step <= self.state.last_step and any(
+            h.step == step for h in self.state.history
+        )
+
+    def run(
+        self,
+        model: Any,
+        step: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        gather: Optional[Callable[[Any], Sequence[Any]]] = None,
+        shard: bool = True,
+    ) -> Report:
+        """Score the probe set with ``model`` at training ``step``.
+
+        Training state is left untouched (see
+        :func:`~probattr_monitor.monitor.guard.training_state_guard`). A probe
+        that fails is recorded in ``report.meta["errors"]`` with a warning; it
+        never raises out of here for a scoring failure.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The *unwrapped* model (not the DDP/FSDP wrapper).
+        step : int
+            Global training step, recorded in the report and history.
+        rank, world_size, gather
+            Distributed scoring: with ``shard=True`` each rank scores
+            ``probe_set.shard(rank, world_size)``; ``gather(obj)`` must return
+            the list of every rank's ``obj`` (e.g. ``all_gather_object``). All
+            ranks then build the same report and state.
+        shard : bool
+            ``False`` makes every rank score every probe: use it when parameters
+            are sharded (FSDP, DeepSpeed ZeRO-3), where each rank must run the
+            same number of forward passes with the same shapes.
+        """
+        if self.tokenizer is None:
+            raise ValueError("ProbAttrMonitor needs a tokenizer before run(): call setup(model, tokenizer)")
+        started = time.monotonic()
+        distributed = world_size > 1 and gather is not None
+        probes = self.probe_set.shard(rank, world_size) if (distributed and shard) else self.probe_set
+        deadline = None
+        if self.time_budget_s is not None and not distributed:
+            deadline = started + self.time_budget_s
+        with training_state_guard(model):
+            scores = score_probes(model, self.tokenizer, probes, self.scoring, on_error="record", deadline=deadline)
+        if distributed and shard:
+            gathered = gather(scores)
+            by_id = {s.probe_id: s for part in gathered for s in part}
+            scores = [by_id[p.id] for p in self.probe_set if p.id in by_id]
+        report = build_report(
+            scores, self.tokenizer, self.scoring, step=step, probe_set=self.probe_set,
+            meta={"world_size": world_size, "sharded": bool(distributed and shard)},
+        )
+        self._record(report, scores, step, time.monotonic() - started)
+        return report
+
+    def _record(self, report: Report, scores: list[ProbeScore], step: int, seconds: float) -> None:
+        value = float(report.metrics[self.metric].value)
+        entry = HistoryEntry(
+            step=int(step),
+            value=value,
+            scalars={k: float(v) for k, v in report.metrics.scalars(prefix=f"{self.prefix}/").items()},
+            fingerprint=self.probe_set.fingerprint,
+            seconds=float(seconds),
+            n_scored=sum(s.result is not None for s in scores),
+            errors=dict(report.meta.get("errors", {})),
+        )
+        self.state.history = [h for h in self.state.history if h.step != entry.step] + [entry]
+        self.state.last_step = int(step)
+        if value == value and (  # not NaN
+            self.state.best_value is None
+            or (value < self.state.best_value if self.mode == "min" else value > self.state.best_value)
+        ):
+            self.state.best_value, self.state.best_step = value, int(step)
+        logger.info("probattr: step %d %s=%.4f (%d probes, %.1f s)", step, self.metric, value, entry.n_scored, seconds)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Serializable state: history, best value and step, last scored step, probe fingerprint."""
+        return {"state": self.state.to_dict(), "fingerprint": self.probe_set.fingerprint,
+                "metric": self.metric, "mode": self.mode}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; warns if the probe set changed since it was saved."""
+        if state.get("fingerprint") not in (None, self.probe_set.fingerprint):
+            logger.warning(
+                "probattr: the checkpoint's history was scored with a different probe set "
+                "(fingerprint %s, now %s); new values are not comparable with it",
+                str(state.get("fingerprint"))[:12], self.probe_set.fingerprint[:12],
+            )
+        self.state = MonitorState.from_dict(copy.deepcopy(state.get("state", {})))
