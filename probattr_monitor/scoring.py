@@ -16,6 +16,7 @@ import torch
 from probattr_monitor.engine.exact import attribute
 from probattr_monitor.engine.result import AttributionResult
 from probattr_monitor.engine.text import DECODINGS, make_response
+from probattr_monitor.engine.validation import context_limit
 from probattr_monitor.probes import Probe, ProbeSet, render
 from probattr_monitor.report import NoiseConfig, Report
 from probattr_monitor.tokenization import special_ids, token_texts
@@ -106,16 +107,6 @@ class ProbeScore:
     template_mask: Optional[tuple] = None
     error: Optional[str] = None
     seconds: float = 0.0
-
-
-def context_limit(model: Any) -> Optional[int]:
-    """The model's context window in tokens, if its config declares one."""
-    cfg = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig) -> ProbeScore:

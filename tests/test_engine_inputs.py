@@ -28,7 +28,7 @@ from probattr_monitor import attribute  # noqa: E402
 V = 7
 PROMPT = [0, 3, 5, 1]
 RESPONSE = [2, 6]
-BAD_ID = r"vocab|range|out of|outside|invalid"
+BAD_ID = r"vocab|range|out of|outside|invalid|negative"
 NOT_INT = r"int"
 
 
@@ -164,12 +164,12 @@ def test_out_of_range_candidates(model, bad):
     )
 
 
-@pytest.mark.parametrize("bad", ["bogus", "ALL", "", "top"])
+@pytest.mark.parametrize("bad", ["bogus", "", "top"])
 def test_unknown_candidates_string(model, bad):
     expect(VT, lambda: attribute(model, PROMPT, RESPONSE, candidates=bad), "candidate")
 
 
-@pytest.mark.parametrize("bad", [3, 2.5, None, [0, 1.5]], ids=["int", "float", "None", "float-in-list"])
+@pytest.mark.parametrize("bad", [3, 2.5, [0, 1.5]], ids=["int", "float", "float-in-list"])
 def test_candidates_of_wrong_type(model, bad):
     expect(VT, lambda: attribute(model, PROMPT, RESPONSE, candidates=bad), "candidate")
 
@@ -240,7 +240,7 @@ def test_not_a_causal_lm(bad_model):
     expect(VT, lambda: attribute(bad_model, PROMPT, RESPONSE), r"causal|logits|model")
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_non_finite_logits(value):
     expect(ValueError, lambda: attribute(_Poisoned(value), PROMPT, RESPONSE), r"nan|finite|inf")
 

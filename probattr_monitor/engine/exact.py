@@ -17,6 +17,7 @@ from probattr_monitor.engine.validation import (
     as_id_list,
     check_batch_size,
     check_candidates,
+    check_context,
     check_in_vocab,
     check_model,
     check_positions,
@@ -97,6 +98,7 @@ def attribute(
     if declared is not None:
         check_in_vocab(prompt, declared, "prompt_ids")
         check_in_vocab(response, declared, "response_ids")
+    check_context(model, len(prompt) + len(response))
     started = time.perf_counter()
     with scoring_mode(model):
         runner = ModelRunner(model, int(memory_budget_mb * 2**20), use_cache=use_cache)
@@ -104,18 +106,21 @@ def attribute(
         cand = check_candidates(candidates, full.vocab_size)
         log_p_response = response_log_prob(full, len(prompt), response)
         stats = []
+        set_sizes = []
         for k in pos:
             ids = _with_original(cand, prompt[k])
             a, b = candidate_scores(runner, full, prompt, response, int(k), ids, bs)
             stats.append(position_stats(ids, a, b, log_p_response))
+            set_sizes.append(len(ids))
     info = {
         "method": "exact",
         "path": runner.path,
         "token_forwards": runner.token_forwards,
         "forward_calls": runner.forward_calls,
         "seconds": time.perf_counter() - started,
+        "num_candidates_per_position": set_sizes,
     }
-    return assemble_result(prompt, response, pos, stats, log_p_response, len(cand), info)
+    return assemble_result(prompt, response, pos, stats, log_p_response, max(set_sizes), info)
 
 
 def _declared_vocab_size(model: torch.nn.Module) -> Optional[int]:

@@ -64,7 +64,10 @@ class AttributionResult:
         The token ids scored, exactly as the model conditioned on them.
     num_candidates : int
         Size of the candidate set the sums ran over (the vocabulary size for
-        ``candidates="all"``).
+        ``candidates="all"``). The original token is added to a given subset at
+        each position where it is missing, so sets can differ by one between
+        positions: this is the largest; ``info["num_candidates_per_position"]``
+        has each.
     token_texts : tuple of str, optional
         Text of each scored prompt token (filled by :func:`attribute_text`).
     is_special : numpy.ndarray, optional

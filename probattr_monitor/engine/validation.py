@@ -132,3 +132,22 @@ def check_model(model: Any) -> torch.nn.Module:
         raise TypeError(f"model must be a causal language model (a torch.nn.Module returning .logits), "
                         f"got {type(model).__name__}")
     return model
+
+
+def context_limit(model: Any) -> Optional[int]:
+    """The model's context window in tokens, if its config declares one."""
+    cfg = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_context(model: Any, length: int) -> None:
+    """Raise ``ValueError`` if ``length`` tokens exceed the model's context window."""
+    limit = context_limit(model)
+    if limit is not None and length > limit:
+        raise ValueError(
+            f"prompt + response is {length} tokens, longer than the model's context window of {limit} positions"
+        )

@@ -12,7 +12,8 @@ from probattr_monitor.monitor.guard import training_state_guard
 from probattr_monitor.monitor.schedule import Schedule
 from probattr_monitor.probes import ProbeSet, load_probe_set, render
 from probattr_monitor.report import METRIC_NAMES, Report
-from probattr_monitor.scoring import ProbeScore, ScoringConfig, build_report, context_limit, score_probes
+from probattr_monitor.engine.validation import context_limit
+from probattr_monitor.scoring import ProbeScore, ScoringConfig, build_report, score_probes
 
 logger = logging.getLogger(__name__)
 
