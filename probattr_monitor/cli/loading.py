@@ -1,0 +1,184 @@
+"""``--model``: a Hugging Face directory, a GGUF file, a Lightning ``.ckpt`` + config, or ``smollm2``.
+
+Everything is local: a path that does not exist is an error, never a hub id.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from probattr_monitor.cli.checkpoint import CHECKPOINT_SUFFIXES, find_config, load_checkpoint_model
+from probattr_monitor.cli.errors import CLIError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and what the report records about where they came from."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    meta: dict = field(default_factory=dict)
+
+
+def default_name(spec: str) -> str:
+    """The checkpoint's name: directory name, or file name without suffix."""
+    if spec == "smollm2":
+        return "smollm2"
+    path = Path(spec)
+    return path.stem if path.suffix in CHECKPOINT_SUFFIXES + (".gguf",) else (path.resolve().name or str(path))
+
+
+def vocab_size(model: Any) -> int:
+    """Size of the model's output vocabulary."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is not None and weight.dim() == 2:
+        return int(weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+#: Files of which a tokenizer directory holds at least one.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model", "merges.txt")
+
+
+def has_tokenizer(path: Path) -> bool:
+    """Whether directory ``path`` holds tokenizer files (transformers may otherwise build an empty one)."""
+    return path.is_dir() and any((path / name).is_file() for name in TOKENIZER_FILES)
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool, hint: str = "") -> Any:
+    """``AutoTokenizer`` from a local directory holding tokenizer files."""
+    from transformers import AutoTokenizer
+
+    if not path.exists():
+        raise CLIError(f"tokenizer not found: {path}")
+    if not has_tokenizer(path):
+        raise CLIError(f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...){hint}")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CLIError(f"cannot load a tokenizer from {path}{hint}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_model(
+    spec: str,
+    *,
+    config: Optional[str] = None,
+    tokenizer: Optional[str] = None,
+    trust_remote_code: bool = False,
+    device: str = "cpu",
+) -> LoadedModel:
+    """Load ``--model`` with its tokenizer.
+
+    Raises
+    ------
+    CLIError
+        Missing path, unsupported file, checkpoint without config, no tokenizer,
+        weights that do not fit.
+    """
+    path = Path(spec)
+    if spec != "smollm2" and not path.exists():
+        raise CLIError(f"model not found: {spec} (give a local Hugging Face model directory, a .gguf "
+                       f"file, a Lightning .ckpt with --config, or 'smollm2')")
+    if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
+        loaded = _load_checkpoint(path, config, tokenizer, trust_remote_code)
+    else:
+        if config is not None:
+            logger.warning("--config is only used with .ckpt checkpoints; ignoring it")
+        loaded = _load_pretrained(spec, path, tokenizer, trust_remote_code)
+    if device != "cpu":
+        try:
+            loaded.model.to(device)
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            raise CLIError(f"cannot move the model to device {device!r}: {_first_line(exc)}") from None
+    loaded.meta["device"] = device
+    return loaded
+
+
+def _load_checkpoint(path: Path, config: Optional[str], tokenizer: Optional[str],
+                     trust_remote_code: bool) -> LoadedModel:
+    config_path = find_config(path, config)
+    config_dir = config_path if config_path.is_dir() else config_path.parent
+    logger.info("loading checkpoint %s with config %s", path, config_path)
+    model, prefix, info = load_checkpoint_model(path, config_path, trust_remote_code)
+    if tokenizer is not None:
+        tok_path = Path(tokenizer)
+        tok = load_tokenizer(tok_path, trust_remote_code)
+    else:
+        tok_path, tok = None, None
+        for cand in dict.fromkeys([config_dir, path.parent]):
+            try:
+                tok = load_tokenizer(cand, trust_remote_code)
+            except CLIError:
+                continue
+            tok_path = cand
+            break
+        if tok is None:
+            raise CLIError(f"no tokenizer for checkpoint {path} (looked in {config_dir}"
+                           + (f" and {path.parent}" if path.parent != config_dir else "")
+                           + "): pass --tokenizer DIR")
+    meta = {"kind": "checkpoint", "path": str(path), "config": str(config_path),
+            "tokenizer": str(tok_path), "state_dict_prefix": prefix, **info}
+    return LoadedModel(model, tok, default_name(str(path)), meta)
+
+
+def _load_pretrained(spec: str, path: Path, tokenizer: Optional[str], trust_remote_code: bool) -> LoadedModel:
+    from probattr_monitor.models import load_model_and_tokenizer
+
+    kind = "smollm2" if spec == "smollm2" else ("gguf" if path.suffix == ".gguf" else "hf-directory")
+    if path.is_file() and kind != "gguf":
+        raise CLIError(f"{spec} is a file but neither a .gguf model nor a {'/'.join(CHECKPOINT_SUFFIXES)} "
+                       f"checkpoint; give a model directory, a .gguf file or a checkpoint with --config")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise CLIError(f"{spec} is not a Hugging Face model directory: it has no config.json "
+                       f"(for a Lightning checkpoint give the .ckpt file and --config)")
+    if tokenizer is None and path.is_dir() and not has_tokenizer(path):
+        raise CLIError(f"{spec} has no tokenizer files: pass --tokenizer DIR")
+    if tokenizer is None:
+        try:
+            model, tok = load_model_and_tokenizer(spec, trust_remote_code=trust_remote_code)
+        except FileNotFoundError as exc:
+            raise CLIError(str(exc)) from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CLIError(f"cannot load the model or tokenizer from {spec}: {_first_line(exc)} "
+                           f"(pass --tokenizer DIR if the tokenizer lives elsewhere)") from None
+        tok_source = spec
+    else:
+        tok = load_tokenizer(Path(tokenizer), trust_remote_code)
+        model = _pretrained_model(spec, path, trust_remote_code)
+        tok_source = tokenizer
+    meta = {"kind": kind, "path": spec, "tokenizer": str(tok_source)}
+    return LoadedModel(model, tok, default_name(spec), meta)
+
+
+def _pretrained_model(spec: str, path: Path, trust_remote_code: bool) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    if spec == "smollm2":
+        from probattr_monitor.models import smollm2_gguf_path
+
+        try:
+            path = smollm2_gguf_path()
+        except FileNotFoundError as exc:
+            raise CLIError(str(exc)) from None
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    directory = str(path)
+    if path.is_file():
+        directory, kwargs["gguf_file"] = str(path.parent), path.name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CLIError(f"cannot load the model from {spec}: {_first_line(exc)}") from None
+    return model.float().eval()

