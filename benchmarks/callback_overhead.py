@@ -1,0 +1,159 @@
+"""Overhead of the training callbacks as a share of training time (benchmark script, not a test).
+
+One function per framework; each trains the corresponding example's model
+twice with the same seed and settings, once without and once with the
+callback on the example's default schedule, and reports
+
+* ``wall``: ``(t_with - t_without) / t_without`` from the two wall-clock times
+  (noisy on a shared machine);
+* ``accounted``: the callback's own measured time (scoring + logging tables
+  and figures, summed over its scorings) as a share of the run with it,
+  ``spent / t_with``, and per scoring.
+
+Run::
+
+    python benchmarks/callback_overhead.py --framework lightning            # the example's defaults
+    python benchmarks/callback_overhead.py --framework lightning --epochs 1 --threads 2 --json out.json
+
+Both runs use the same loggers (W&B offline when installed, and CSV), so the
+difference is the callback alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_example(name: str) -> Any:
+    path = ROOT / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- Lightning
+
+
+def lightning_overhead(*, epochs: int = 4, n_train: int = 6_000, every_n_steps: Optional[int] = None,
+                       use_wandb: bool = True, workdir: Optional[Path] = None) -> dict[str, Any]:
+    """Train ``examples/lightning_train.py``'s model with and without ProbAttrCallback."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    ex = _load_example("lightning_train")
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="probattr-overhead-"))
+    if use_wandb:
+        try:
+            import wandb  # noqa: F401
+            from lightning.pytorch.loggers import WandbLogger
+        except ImportError:
+            use_wandb = False
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+    def run(with_callback: bool) -> dict[str, Any]:
+        out = workdir / ("with" if with_callback else "without")
+        module, _tok, probes = ex.build(out, n_train=n_train)
+        loggers: list = [CSVLogger(out, name="csv")]
+        if use_wandb:
+            loggers.insert(0, WandbLogger(project="probattr-overhead", save_dir=str(out), offline=True))
+        callbacks = [ex.make_callback(probes, every_n_steps=every_n_steps, wandb="auto" if use_wandb else False)] \
+            if with_callback else []
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=loggers, callbacks=callbacks,
+                             log_every_n_steps=20, enable_model_summary=False, enable_progress_bar=False,
+                             enable_checkpointing=False, default_root_dir=out)
+        started = time.perf_counter()
+        trainer.fit(module)
+        seconds = time.perf_counter() - started
+        if use_wandb:
+            loggers[0].experiment.finish()
+        result: dict[str, Any] = {"seconds": seconds, "steps": trainer.global_step}
+        if with_callback:
+            cb = callbacks[0]
+            result["scorings"] = [dict(t) for t in cb.timings]
+            result["noise_rate"] = [(h.step, h.value) for h in cb.history]
+        return result
+
+    without = run(False)
+    with_cb = run(True)
+    spent = sum(t["score_s"] + t["log_s"] for t in with_cb["scorings"])
+    n = max(1, len(with_cb["scorings"]))
+    return {
+        "framework": "lightning",
+        "schedule": "every validation end (once per epoch)"
+        + (f" + every {every_n_steps} steps" if every_n_steps else ""),
+        "epochs": epochs,
+        "n_train": n_train,
+        "steps": with_cb["steps"],
+        "w&b": use_wandb,
+        "seconds_without": without["seconds"],
+        "seconds_with": with_cb["seconds"],
+        "wall_overhead": (with_cb["seconds"] - without["seconds"]) / without["seconds"],
+        "callback_seconds": spent,
+        "accounted_share": spent / with_cb["seconds"],
+        "n_scorings": len(with_cb["scorings"]),
+        "score_s_per_scoring": sum(t["score_s"] for t in with_cb["scorings"]) / n,
+        "log_s_per_scoring": sum(t["log_s"] for t in with_cb["scorings"]) / n,
+        "noise_rate": with_cb["noise_rate"],
+    }
+
+
+FRAMEWORKS = {"lightning": lightning_overhead}
+
+
+def _print(res: dict[str, Any]) -> None:
+    print(f"[{res['framework']}] {res['epochs']} epochs, {res['steps']} optimizer steps, schedule: {res['schedule']}, "
+          f"W&B offline: {res['w&b']}")
+    print(f"  training without the callback: {res['seconds_without']:.1f} s; with it: {res['seconds_with']:.1f} s "
+          f"-> wall-clock overhead {100 * res['wall_overhead']:+.1f}%")
+    print(f"  callback's own time: {res['callback_seconds']:.1f} s over {res['n_scorings']} scorings "
+          f"({res['score_s_per_scoring']:.2f} s scoring + {res['log_s_per_scoring']:.2f} s logging each) "
+          f"= {100 * res['accounted_share']:.1f}% of the run")
+    print("  noise rate per scoring: " + ", ".join(f"{s}: {v:.3f}" for s, v in res["noise_rate"]))
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--framework", choices=sorted(FRAMEWORKS) + ["all"], default="all")
+    parser.add_argument("--epochs", type=int, default=4, help="default: the example's")
+    parser.add_argument("--n-train", type=int, default=6_000)
+    parser.add_argument("--every-n-steps", type=int, default=None)
+    parser.add_argument("--no-wandb", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"{platform.processor() or platform.machine()}; load average {os.getloadavg()[0]:.1f}")
+    names = sorted(FRAMEWORKS) if args.framework == "all" else [args.framework]
+    results = []
+    for name in names:
+        kwargs: dict[str, Any] = {"epochs": args.epochs}
+        if name == "lightning":
+            kwargs.update(n_train=args.n_train, every_n_steps=args.every_n_steps, use_wandb=not args.no_wandb)
+        res = FRAMEWORKS[name](**kwargs)
+        _print(res)
+        results.append(res)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,589 @@
+"""Hugging Face ``Trainer`` callback: score a probe set during training, gate on the noise rate.
+
+Quick start::
+
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+    from probattr_monitor.callbacks import ProbAttrTrainerCallback
+
+    args = TrainingArguments(
+        ...,
+        eval_strategy="steps", eval_steps=200, save_steps=200,
+        load_best_model_at_end=True,
+        metric_for_best_model="probattr_noise_rate",   # HF looks up "eval_probattr_noise_rate"
+        greater_is_better=False,                        # HF's default would be True!
+        report_to=["wandb"],
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                      processing_class=tokenizer,
+                      callbacks=[ProbAttrTrainerCallback(probes="reasonable-en"),
+                                 EarlyStoppingCallback(early_stopping_patience=3)])
+
+How it fits the Trainer (read from ``transformers.Trainer``; DESIGN.md section 5)
+--------------------------------------------------------------------------------
+
+* ``Trainer.evaluate`` logs its metrics (``self.log``, which feeds ``on_log`` of
+  every logger: ``WandbCallback``, TensorBoard...) and *then* calls
+  ``on_evaluate(metrics=...)``. The dict is returned afterwards and is the one
+  ``_determine_best_metric`` reads for ``metric_for_best_model`` /
+  ``load_best_model_at_end`` / ``save_strategy="best"``. So keys this callback
+  adds in ``on_evaluate`` reach best-model selection, and also
+  ``EarlyStoppingCallback.on_evaluate`` *if that callback runs after this one*
+  (callbacks run in list order; a wrong order is refused before training), but
+  they never reach that evaluation's ``on_log``. The scalars are therefore sent
+  by this callback itself: to W&B through
+  :class:`~probattr_monitor.sinks.wandb.WandbSink` (``log_scalars=True``, against
+  the ``probattr/step`` key declared with ``define_metric``), otherwise to the
+  :class:`~probattr_monitor.sinks.files.FileSink` files; they are also merged
+  into that evaluation's entry of ``state.log_history`` (so they are saved in
+  ``trainer_state.json``).
+* ``on_evaluate`` fires once per evaluation dataset (``eval_dataset={"a": ..,
+  "b": ..}``). Scoring is deduplicated per global step, and the keys are
+  injected once per ``evaluate()`` call (into the first dataset's dict), so that
+  ``EarlyStoppingCallback`` counts one evaluation as one, as it does for
+  HF's own per-dataset keys. The merged dict ``evaluate()`` returns holds them.
+* Injected keys: ``eval_probattr_<name>`` for every scalar of
+  :meth:`SetMetrics.scalars <probattr_monitor.report.SetMetrics.scalars>`: the
+  metrics of :data:`~probattr_monitor.report.METRIC_NAMES` (``noise_rate``,
+  ``near_zero_rate``, ``mean_entropy_full``...), their bootstrap intervals
+  ``<name>_ci_low`` / ``<name>_ci_high``, and the counts ``n_tokens``,
+  ``n_probes``, ``count_<class>``. Write ``metric_for_best_model=
+  "probattr_noise_rate"`` (HF prepends ``eval_``) with ``greater_is_better=False``.
+  The prefix follows the monitor's ``prefix`` (default ``probattr``).
+* Scores taken every N steps (``every_n_steps``, in ``on_step_end``) go to
+  W&B/files and into the callback's history, but cannot drive
+  ``metric_for_best_model``: HF only selects on evaluation metrics. An
+  evaluation at a step that was already scored reuses that score.
+* State: the callback is an ``ExportableState``; its history (every scoring's
+  scalars, best value and step, failures) is written into each checkpoint's
+  ``trainer_state.json`` (``stateful_callbacks``). HF itself restores callback
+  states only with ``TrainingArguments(restore_callback_states_from_checkpoint=
+  True)``, and does so by building a *new* callback from constructor arguments,
+  which cannot carry a probe set, tokenizer or scoring config. This callback
+  therefore restores itself, always, in ``on_train_begin`` of a resumed run
+  from the state HF loaded from the checkpoint; HF's own restore step is made
+  harmless (it builds an inert placeholder and leaves your instance in place).
+* Distributed: every rank scores (its shard of the probes under DDP, gathered
+  with ``all_gather_object``; every probe under FSDP / DeepSpeed, where each rank
+  must run the same forward passes), so every rank injects the same values and
+  takes the same early-stopping decision; only the world process zero logs.
+* Training is never disturbed: scoring runs under
+  :func:`~probattr_monitor.monitor.training_state_guard` (RNG states, module
+  modes, grad mode, autocast restored), so a run ends with bit-identical
+  weights with or without the callback. A scoring failure warns, is recorded
+  in :attr:`ProbAttrTrainerCallback.failures`, and injects NaN values (never
+  a best model; counts against early-stopping patience). Bad configuration
+  raises ``ValueError`` before the first step: unknown probe set or unreadable
+  file (at construction), impossible schedule (at construction), a
+  ``metric_for_best_model`` probattr key that is never produced, scoring only
+  on evaluation with ``eval_strategy="no"``, no tokenizer, a probe longer than
+  the model's context (``on_init_end`` / ``on_train_begin``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import warnings
+from typing import Any, Optional
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from probattr_monitor.monitor import HistoryEntry, ProbAttrMonitor, Schedule
+from probattr_monitor.report import AS_CLASSES, METRIC_NAMES, Report
+from probattr_monitor.scoring import ScoringConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ProbAttrTrainerCallback", "producible_metric_names"]
+
+#: Argument name HF's restore path passes back to the class (see ``state()``).
+_RESTORE_ARG = "_probattr_restore_placeholder"
+
+#: Metrics for which a lower value is better (``greater_is_better=True`` is then suspicious).
+_LOWER_IS_BETTER = ("noise_rate", "near_zero_rate")
+
+
+def producible_metric_names() -> list[str]:
+    """Every ``<name>`` this callback injects as ``eval_<prefix>_<name>``.
+
+    Matches :meth:`probattr_monitor.report.SetMetrics.scalars` (with intervals
+    and counts).
+    """
+    names = []
+    for name in METRIC_NAMES:
+        names += [name, f"{name}_ci_low", f"{name}_ci_high"]
+    names += ["n_tokens", "n_probes"] + [f"count_{c}" for c in AS_CLASSES]
+    return names
+
+
+class _RestorePlaceholder(TrainerCallback):
+    """What HF's ``_load_callback_state`` gets when it rebuilds the callback: an inert callback.
+
+    HF calls ``type(cb)(**state["args"])``, sets ``state["attributes"]`` on the
+    result, removes the first callback *of the result's type* and adds the
+    result. Returning this object (of another type) keeps the user's
+    :class:`ProbAttrTrainerCallback` in place; that instance restores its own
+    state in ``on_train_begin``.
+    """
+
+
+class _CallbackMeta(type):
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get(_RESTORE_ARG):
+            return _RestorePlaceholder()
+        return super().__call__(*args, **kwargs)
+
+
+def _is_active_wandb_run(run: Any) -> bool:
+    """Whether ``run`` looks like a W&B run object (has ``log`` and ``define_metric``)."""
+    return not isinstance(run, (bool, str)) and callable(getattr(run, "log", None)) and callable(
+        getattr(run, "define_metric", None))
+
+
+class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_CallbackMeta):
+    """Score a fixed probe set with the model being trained by a ``transformers.Trainer``.
+
+    See the module documentation for how it interacts with the Trainer.
+
+    Parameters
+    ----------
+    monitor : ProbAttrMonitor, optional
+        A ready monitor (probe set, scoring, schedule, prefix, tracked metric).
+        When given, ``probes`` and ``scoring`` must be left at their defaults and
+        ``every_n_steps`` / ``on_evaluate`` are taken from ``monitor.schedule``.
+    probes : str, path or ProbeSet
+        Built-in probe-set name (``"reasonable-en"``, ``"paper"``) or a JSONL/YAML
+        file. An unknown name or unreadable file raises here.
+    tokenizer : transformers tokenizer, optional
+        Default: the Trainer's ``processing_class`` (its ``.tokenizer`` for a
+        processor).
+    scoring : ScoringConfig, optional
+        Candidates (exact ``"all"`` or a budget), decoding, response length...
+    every_n_steps : int, optional
+        Also score after every N-th optimizer step (in ``on_step_end``); these
+        scores go to W&B/files but cannot drive ``metric_for_best_model``.
+    on_evaluate : bool
+        Score at each evaluation and inject ``eval_probattr_*`` keys (default).
+    wandb : "auto", bool or wandb Run
+        ``"auto"``: log to the active W&B run if there is one when training
+        starts (the run of HF's ``WandbCallback`` with ``report_to=["wandb"]``,
+        or your own ``wandb.init``; online or offline), else write files.
+        ``True``: require an active run (raises before training otherwise).
+        ``False``: never use W&B. A run object: log to that run.
+    log_dir : str or path, optional
+        Directory of the file sink. Default: ``<output_dir>/probattr``, used only
+        when W&B is not; an explicit ``log_dir`` is always written.
+    plots : bool
+        Attach the figures (entropy vs AS, KL vs AS, tokens coloured by AS) to
+        W&B as images / write them as PNG files at each scoring.
+
+    Attributes
+    ----------
+    monitor : ProbAttrMonitor
+        Holds the history (``monitor.state.history``), best value and step.
+    failures : list of dict
+        ``{"step", "event", "error"}`` of every scoring that raised.
+    last_report : Report or None
+        The most recent report scored by this process.
+    """
+
+    def __init__(
+        self,
+        monitor: Optional[ProbAttrMonitor] = None,
+        *,
+        probes: Any = "reasonable-en",
+        tokenizer: Any = None,
+        scoring: Optional[ScoringConfig] = None,
+        every_n_steps: Optional[int] = None,
+        on_evaluate: bool = True,
+        wandb: Any = "auto",
+        log_dir: Optional[str | os.PathLike] = None,
+        plots: bool = True,
+    ) -> None:
+        if not (wandb == "auto" or isinstance(wandb, bool) or _is_active_wandb_run(wandb)):
+            raise ValueError(f"wandb must be 'auto', True, False or a wandb Run, got {wandb!r}")
+        if monitor is not None:
+            if not isinstance(monitor, ProbAttrMonitor):
+                raise TypeError(f"monitor must be a ProbAttrMonitor, got {type(monitor).__name__}")
+            if scoring is not None or not (isinstance(probes, str) and probes == "reasonable-en"):
+                raise ValueError("pass probes/scoring either to the ProbAttrMonitor or to the callback, not both")
+            if every_n_steps is not None or on_evaluate is not True:
+                raise ValueError("with a monitor, set every_n_steps/on_evaluate in its Schedule")
+            if tokenizer is not None:
+                monitor.tokenizer = tokenizer
+            self.monitor = monitor
+        else:
+            schedule = Schedule(every_n_steps=every_n_steps, on_validation_end=bool(on_evaluate))
+            self.monitor = ProbAttrMonitor(probes, tokenizer=tokenizer, scoring=scoring, schedule=schedule)
+        self.wandb = wandb
+        self.log_dir = os.fspath(log_dir) if log_dir is not None else None
+        self.plots = bool(plots)
+        self.failures: list[dict] = []
+        self.last_report: Optional[Report] = None
+        self._failed_steps: set[int] = set()
+        self._eval_round: tuple[Optional[int], set] = (None, set())
+        self._is_zero = True
+        self._rank = 0
+        self._world_size = 1
+        self._shard = True
+        self._wandb_sink: Any = None
+        self._file_sink: Any = None
+        self._config: Optional[dict] = None
+        self._ready = False
+
+    # ------------------------------------------------------------------ public helpers
+    @property
+    def prefix(self) -> str:
+        return self.monitor.prefix
+
+    def hf_key(self, name: str) -> str:
+        """The evaluation-metrics key of metric ``name`` (``eval_probattr_noise_rate``)."""
+        return f"eval_{self.prefix}_{name}"
+
+    @property
+    def history(self) -> list[HistoryEntry]:
+        return list(self.monitor.state.history)
+
+    @property
+    def best_step(self) -> Optional[int]:
+        return self.monitor.state.best_step
+
+    @property
+    def best_value(self) -> Optional[float]:
+        return self.monitor.state.best_value
+
+    # ------------------------------------------------------------------ ExportableState
+    def state(self) -> dict:
+        """What each checkpoint's ``trainer_state.json`` stores under ``stateful_callbacks``.
+
+        ``args`` only makes HF's restore path (``restore_callback_states_from_
+        checkpoint=True``) build an inert placeholder; ``attributes`` holds the
+        monitor state that :meth:`on_train_begin` restores on resume.
+        """
+        return {
+            "args": {_RESTORE_ARG: True},
+            "attributes": {"monitor_state": self.monitor.state_dict(), "failures": list(self.failures)},
+        }
+
+    def load_state(self, stored: dict) -> None:
+        """Restore what :meth:`state` returned."""
+        attrs = stored.get("attributes", {}) if isinstance(stored, dict) else {}
+        monitor_state = attrs.get("monitor_state")
+        if monitor_state:
+            self.monitor.load_state_dict(monitor_state)
+        self.failures = list(attrs.get("failures", []))
+        self._failed_steps = set()
+
+    # ------------------------------------------------------------------ validation
+    def _probattr_metric(self, args: Any) -> Optional[str]:
+        """The probattr metric named by ``args.metric_for_best_model`` (``None`` if it names another one).
+
+        Raises ValueError for a probattr-looking key that is never produced.
+        """
+        key = getattr(args, "metric_for_best_model", None)
+        if not key:
+            return None
+        name = key[len("eval_"):] if key.startswith("eval_") else key
+        head = f"{self.prefix}_"
+        if not name.startswith(head):
+            if f"_{head}" in name or name.startswith(f"{self.prefix}/"):
+                raise ValueError(
+                    f"metric_for_best_model={key!r} is never produced: this callback injects "
+                    f"'{self.hf_key('<name>')}' (the same key for every eval dataset); "
+                    f"use metric_for_best_model='{head}noise_rate'"
+                )
+            return None
+        metric = name[len(head):]
+        valid = producible_metric_names()
+        if metric not in valid:
+            raise ValueError(
+                f"metric_for_best_model={key!r} is never produced by ProbAttrTrainerCallback; "
+                f"valid names are '{head}<name>' with <name> one of {valid}"
+            )
+        return metric
+
+    def _check_args(self, args: Any, *, training: bool) -> None:
+        sched = self.monitor.schedule
+        metric = self._probattr_metric(args)
+        if metric is not None:
+            if not sched.on_validation_end:
+                raise ValueError(
+                    f"metric_for_best_model={args.metric_for_best_model!r} needs scores at evaluation, but the "
+                    "callback was created with on_evaluate=False"
+                )
+            if getattr(args, "greater_is_better", None) and metric.split("_ci_")[0] in _LOWER_IS_BETTER:
+                msg = (f"metric_for_best_model={args.metric_for_best_model!r} with greater_is_better=True "
+                       "selects the checkpoint with the HIGHEST value of a lower-is-better metric; set "
+                       "greater_is_better=False "
+                       "(transformers defaults it to True for any metric not ending in 'loss')")
+                warnings.warn(msg, UserWarning, stacklevel=3)
+        if training:
+            only_eval = sched.on_validation_end and not (
+                sched.every_n_steps or sched.every_n_epochs or sched.on_save_checkpoint
+            )
+            strategy = getattr(args, "eval_strategy", None)
+            strategy = getattr(strategy, "value", strategy)
+            if only_eval and strategy == "no":
+                raise ValueError(
+                    "ProbAttrTrainerCallback scores only at evaluation but eval_strategy='no': nothing would "
+                    "ever be scored; set eval_strategy ('steps'/'epoch') or every_n_steps"
+                )
+
+    def _check_order(self, args: Any, state: Any) -> None:
+        """Refuse an ``EarlyStoppingCallback`` listed before this one when it gates on our metric."""
+        if self._probattr_metric(args) is None:
+            return
+        names = list(getattr(state, "stateful_callbacks", None) or {})
+        mine, es = type(self).__name__, "EarlyStoppingCallback"
+        if es in names and mine in names and names.index(es) < names.index(mine):
+            raise ValueError(
+                "EarlyStoppingCallback runs before ProbAttrTrainerCallback, so it would never see "
+                f"{self.hf_key(self._probattr_metric(args))!r} (callbacks run in list order and the metric "
+                "is added in on_evaluate): list ProbAttrTrainerCallback first in callbacks=[...]"
+            )
+
+    def _tokenizer(self, processing_class: Any) -> Any:
+        if self.monitor.tokenizer is not None:
+            return self.monitor.tokenizer
+        tok = processing_class
+        if tok is not None and not callable(getattr(tok, "decode", None)) and hasattr(tok, "tokenizer"):
+            tok = tok.tokenizer  # a multimodal processor
+        return tok
+
+    # ------------------------------------------------------------------ events
+    def on_init_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        self._check_args(args, training=False)
+        self._check_order(args, state)
+        tok = self._tokenizer(processing_class)
+        if model is not None and tok is not None:
+            self.monitor.setup(model, tok)
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        self._prepare(args, state, model, processing_class, training=True)
+        if state.global_step > 0:
+            self._restore(state)
+
+    def _prepare(self, args: Any, state: Any, model: Any, processing_class: Any, *, training: bool) -> None:
+        """Checks, tokenizer, ranks and sinks: at train begin, or at an evaluation outside training."""
+        self._check_args(args, training=training)
+        if training and state.global_step == 0:  # a resumed state's callbacks are sorted by name
+            self._check_order(args, state)
+        tok = self._tokenizer(processing_class)
+        if tok is None:
+            raise ValueError("ProbAttrTrainerCallback needs a tokenizer: pass tokenizer=... or give the Trainer "
+                             "a processing_class")
+        if model is not None:
+            self.monitor.setup(model, tok)
+        else:
+            self.monitor.tokenizer = tok
+        self._is_zero = bool(state.is_world_process_zero)
+        self._rank = int(getattr(args, "process_index", 0))
+        self._world_size = int(getattr(args, "world_size", 1))
+        self._shard = not (bool(getattr(args, "fsdp", None)) or bool(getattr(args, "deepspeed", None)))
+        self._config = self._run_config(args)
+        if self._is_zero:
+            self._open_sinks(args)
+        self._ready = True
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        sched = self.monitor.schedule
+        step = state.global_step
+        if sched.due("train_step", step) or (sched.on_save_checkpoint and control.should_save):
+            if not self._ready:
+                self._prepare(args, state, model, processing_class, training=False)
+            self._score(state, model, "train_step")
+
+    def on_epoch_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        sched = self.monitor.schedule
+        epoch = max(0, int(round(state.epoch or 0)) - 1)
+        if sched.due("train_epoch", state.global_step, epoch=epoch) or (
+            sched.on_save_checkpoint and control.should_save
+        ):
+            if not self._ready:
+                self._prepare(args, state, model, processing_class, training=False)
+            self._score(state, model, "train_epoch")
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
+        if metrics is None:
+            return
+        step = int(state.global_step)
+        if not self._first_of_round(step, metrics):
+            return
+        if not self._ready:  # trainer.evaluate() before (or without) train()
+            self._prepare(args, state, model, processing_class, training=False)
+        entry = self._entry(step)
+        if entry is None and self.monitor.schedule.on_validation_end:
+            entry = self._score(state, model, "evaluate")
+        if entry is None and not (self.monitor.schedule.on_validation_end or step in self._failed_steps):
+            return
+        logged_keys = list(metrics)
+        values = self._hf_values(entry)
+        metrics.update(values)
+        self._merge_log_history(state, step, logged_keys, values)
+
+    # ------------------------------------------------------------------ internals
+    def _restore(self, state: Any) -> None:
+        stored = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
+        if isinstance(stored, list):  # several callbacks of this class: match by probe set
+            fp = self.monitor.probe_set.fingerprint
+            match = [s for s in stored if s.get("attributes", {}).get("monitor_state", {}).get("fingerprint") == fp]
+            stored = (match or stored or [None])[0]
+        if stored:
+            self.load_state(stored)
+            logger.info("probattr: resumed with %d scored steps (best %s at step %s)",
+                        len(self.monitor.state.history), self.best_value, self.best_step)
+
+    def _entry(self, step: int) -> Optional[HistoryEntry]:
+        if not self.monitor.already_scored(step):
+            return None
+        for h in reversed(self.monitor.state.history):
+            if h.step == step:
+                return h
+        return None
+
+    def _first_of_round(self, step: int, metrics: dict) -> bool:
+        """True for the first ``on_evaluate`` of one ``evaluate()`` call (one per eval dataset)."""
+        prefix = next((k[: -len("_runtime")] for k in metrics if k.endswith("_runtime")), None)
+        last_step, seen = self._eval_round
+        if last_step != step or prefix is None or prefix in seen:
+            self._eval_round = (step, {prefix})
+            return True
+        seen.add(prefix)
+        return False
+
+    def _hf_values(self, entry: Optional[HistoryEntry]) -> dict[str, float]:
+        head = f"{self.prefix}/"
+        if entry is None:
+            return {self.hf_key(k[len(head):]): math.nan for k in self.monitor.scalar_keys()}
+        return {self.hf_key(k[len(head):]): float(v) for k, v in entry.scalars.items() if k.startswith(head)}
+
+    @staticmethod
+    def _merge_log_history(state: Any, step: int, logged_keys: list, values: dict) -> None:
+        for record in reversed(getattr(state, "log_history", None) or []):
+            if record.get("step", step) < step:
+                break
+            if record.get("step") == step and all(k in record for k in logged_keys):
+                record.update(values)
+                return
+
+    def _gather(self):
+        if self._world_size <= 1:
+            return None
+        try:
+            import torch.distributed as dist
+        except ImportError:  # pragma: no cover
+            return None
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+
+        def gather(obj: Any) -> list:
+            out: list = [None] * dist.get_world_size()
+            dist.all_gather_object(out, obj)
+            return out
+
+        return gather
+
+    def _score(self, state: Any, model: Any, event: str) -> Optional[HistoryEntry]:
+        step = int(state.global_step)
+        entry = self._entry(step)
+        if entry is not None or step in self._failed_steps:
+            return entry
+        try:
+            if model is None:
+                raise RuntimeError("the Trainer passed no model to the callback")
+            gather = self._gather()
+            report = self.monitor.run(
+                model, step, rank=self._rank, world_size=self._world_size if gather else 1,
+                gather=gather, shard=self._shard,
+            )
+        except Exception as err:  # never disturb training for a scoring failure
+            msg = f"{type(err).__name__}: {err}"
+            self.failures.append({"step": step, "event": event, "error": msg})
+            self._failed_steps.add(step)
+            warnings.warn(f"probattr: scoring at step {step} failed ({msg}); training goes on", RuntimeWarning,
+                          stacklevel=2)
+            logger.exception("probattr: scoring at step %d failed", step)
+            return None
+        self.last_report = report
+        if self._is_zero:
+            self._log(report, step)
+        return self._entry(step)
+
+    # ------------------------------------------------------------------ sinks
+    def _run_config(self, args: Any) -> dict:
+        from probattr_monitor import __version__
+
+        mon = self.monitor
+        sched = mon.schedule
+        return {
+            "probe_set": mon.probe_set.name,
+            "probe_set_source": str(mon.probe_set.source),
+            "probe_fingerprint": mon.probe_set.fingerprint,
+            "n_probes": len(mon.probe_set),
+            "scoring": mon.scoring.to_dict(),
+            "metric": mon.metric,
+            "mode": mon.mode,
+            "schedule": {
+                "every_n_steps": sched.every_n_steps,
+                "every_n_epochs": sched.every_n_epochs,
+                "on_evaluate": sched.on_validation_end,
+                "on_save_checkpoint": sched.on_save_checkpoint,
+            },
+            "eval_key_prefix": self.hf_key(""),
+            "metric_for_best_model": getattr(args, "metric_for_best_model", None),
+            "version": __version__,
+        }
+
+    def _active_wandb_run(self) -> Any:
+        if _is_active_wandb_run(self.wandb):
+            return self.wandb
+        if self.wandb is False:
+            return None
+        if self.wandb == "auto" and "wandb" not in sys.modules:
+            return None  # nobody imported wandb: no run can be active
+        try:
+            import wandb
+        except ImportError:
+            if self.wandb is True:
+                raise ValueError("ProbAttrTrainerCallback(wandb=True) but wandb is not installed") from None
+            return None
+        return getattr(wandb, "run", None)
+
+    def _open_sinks(self, args: Any) -> None:
+        run = self._active_wandb_run()
+        if run is None and self.wandb is True:
+            raise ValueError("ProbAttrTrainerCallback(wandb=True) but no W&B run is active: call wandb.init() or "
+                             "use TrainingArguments(report_to=['wandb'])")
+        if run is not None and self._wandb_sink is None:
+            self._make_wandb_sink()
+        if self._wandb_sink is not None:
+            self._wandb_sink.setup(self._config)
+        if self._file_sink is None and (self.log_dir is not None or self._wandb_sink is None):
+            from probattr_monitor.sinks.files import FileSink
+
+            directory = self.log_dir or os.path.join(args.output_dir, self.prefix)
+            self._file_sink = FileSink(directory, plots=self.plots)
+            self._file_sink.setup(self._config)
+
+    def _make_wandb_sink(self) -> None:
+        from probattr_monitor.sinks.wandb import WandbSink
+
+        run = self.wandb if _is_active_wandb_run(self.wandb) else None  # None: follow wandb.run
+        self._wandb_sink = WandbSink(run, prefix=self.prefix, log_scalars=True, log_plots=self.plots)
+
+    def _log(self, report: Report, step: int) -> None:
+        if self._wandb_sink is None and self.wandb == "auto" and self._active_wandb_run() is not None:
+            self._make_wandb_sink()  # a run started after on_train_begin
+            self._wandb_sink.setup(self._config or {})
+        if self._wandb_sink is not None:
+            self._wandb_sink.log(report, step)  # warns, never raises
+        if self._file_sink is not None:
+            try:
+                self._file_sink.log(report, step)
+            except Exception as err:
+                self.failures.append({"step": step, "event": "log_files", "error": f"{type(err).__name__}: {err}"})
+                warnings.warn(f"probattr: writing the report of step {step} failed: {err!r}", RuntimeWarning,
+                              stacklevel=2)

@@ -1,0 +1,762 @@
+"""Lightning callback: score a probe set while training and log the noise-token rate.
+
+.. code-block:: python
+
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from probattr_monitor.callbacks import ProbAttrCallback
+
+    probattr = ProbAttrCallback(probes="reasonable-en", tokenizer=tokenizer)
+    trainer = Trainer(callbacks=[probattr, ModelCheckpoint(monitor="probattr/noise_rate", mode="min")])
+    trainer.fit(module)
+
+See :class:`ProbAttrCallback` for the schedule, the logged keys, W&B and files,
+resuming, and distributed training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+try:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+except ImportError:  # pragma: no cover - the standalone package
+    try:
+        import pytorch_lightning as pl  # type: ignore[no-redef]
+        from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint  # type: ignore[no-redef]
+        from pytorch_lightning.utilities.model_helpers import is_overridden  # type: ignore[no-redef]
+    except ImportError:
+        raise ImportError(
+            "probattr_monitor.callbacks.lightning needs Lightning: pip install 'probattr-monitor[lightning]'"
+        ) from None
+
+from probattr_monitor.engine.modes import scoring_mode
+from probattr_monitor.monitor import ProbAttrMonitor, Schedule, training_state_guard
+from probattr_monitor.report import AS_CLASSES, METRIC_NAMES, Report
+from probattr_monitor.scoring import ScoringConfig
+from probattr_monitor.sinks import FileSink, WandbSink
+from probattr_monitor.tokenization import conditioning_token_id
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ProbAttrCallback", "logged_keys"]
+
+#: Strategies whose parameters are sharded across ranks: every rank must run the
+#: same forward passes (matched by class name, so their packages are never imported).
+SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
+
+
+
+def logged_keys(prefix: str = "probattr") -> list[str]:
+    """Every scalar key the callback logs through Lightning (``{prefix}/noise_rate``...)."""
+    keys = [f"{prefix}/step"]
+    for name in METRIC_NAMES:
+        keys += [f"{prefix}/{name}", f"{prefix}/{name}_ci_low", f"{prefix}/{name}_ci_high"]
+    keys += [f"{prefix}/n_tokens", f"{prefix}/n_probes"] + [f"{prefix}/count_{c}" for c in AS_CLASSES]
+    return keys
+
+
+def _strategy_shards_params(strategy: Any) -> bool:
+    names = {cls.__name__ for cls in type(strategy).__mro__}
+    return any(name in names for name in SHARDED_STRATEGIES)
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_gather_object(obj: Any) -> list:
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _broadcast_object(obj: Any) -> Any:
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class ProbAttrCallback(Callback):
+    """Score a fixed probe set during ``Trainer.fit`` and log convergence metrics.
+
+    Parameters
+    ----------
+    monitor : ProbAttrMonitor, optional
+        A ready monitor (probe set, scoring settings, schedule, tracked
+        metric). When given, ``probes``, ``scoring``, the schedule arguments,
+        ``metric``, ``mode``, ``prefix`` and ``time_budget_s`` must be left at
+        their defaults (a different value raises ``ValueError``).
+    probes : str, path or ProbeSet
+        Built-in set name, JSONL/YAML file, or ProbeSet (default
+        ``"reasonable-en"``). An unknown set or unreadable file raises here.
+    tokenizer : transformers tokenizer, optional
+        Default: the monitor's, else ``pl_module.tokenizer``, else
+        ``trainer.datamodule.tokenizer``; none of them raises at setup.
+    scoring : ScoringConfig, optional
+    every_n_steps, every_n_epochs, on_validation_end, on_save_checkpoint
+        The schedule (logical OR; default: ``on_validation_end=True`` only).
+        ``every_n_steps``: after every N-th optimizer step (in
+        ``on_train_batch_end``). ``every_n_epochs``: at the end of every N-th
+        training epoch. ``on_validation_end``: after each validation loop of
+        ``fit`` (in ``on_validation_epoch_end``; never during the sanity
+        check). ``on_save_checkpoint``: right before each ``ModelCheckpoint``
+        save, in the hook that precedes it (``on_train_batch_end``,
+        ``on_train_epoch_end`` or ``on_validation_epoch_end``: Lightning refuses
+        ``self.log`` in ``on_save_checkpoint``/``on_validation_end``), so the
+        checkpoint is ranked on the fresh value (step- and epoch-based saves;
+        ``train_time_interval`` saves cannot be anticipated and warn). Manual
+        ``trainer.save_checkpoint`` calls are not scored. A step is scored at most
+        once, whatever fires. A schedule that can never fire in this run raises
+        when training starts.
+    metric, mode : str
+        The tracked metric and its direction (for the monitor's best value).
+    prefix : str
+        Key prefix (default ``"probattr"``).
+    time_budget_s : float, optional
+        Per-scoring time budget (single-process runs only).
+    model_attr : str, optional
+        Dotted attribute of the LightningModule holding the causal LM. Default:
+        the LightningModule itself if its ``forward(input_ids=...)`` returns
+        ``.logits``, else its (unique, outermost) ``transformers.PreTrainedModel``
+        child.
+    wandb : bool or "auto"
+        ``"auto"``: log tables and figures to W&B when a ``WandbLogger`` is
+        attached or a ``wandb.run`` is active, else to files. ``True``: W&B
+        required (raises at setup without a run). ``False``: files only.
+    log_dir : str or Path, optional
+        Also (or, without W&B, instead of the default place) write every
+        report, figure and a ``history.jsonl`` here. Without W&B and without
+        ``log_dir`` the files go to ``<trainer.log_dir>/probattr`` (or
+        ``<default_root_dir>/probattr``).
+    log_plots : bool
+        Figures with each scoring (W&B images / PNG files).
+    max_rows_per_table : int
+        W&B token-table row cap (split into several tables past it).
+    file_formats : sequence of str
+        Report table formats of the file sink.
+    shard_probes : bool, optional
+        Split the probes across ranks and gather the scores (``True``), or let
+        every rank score every probe (``False``). Default: ``True`` except
+        under sharded-parameter strategies.
+
+    Logged scalars
+    --------------
+    Through Lightning's own logging path (``LightningModule.log`` with
+    ``sync_dist=False, rank_zero_only=False``; every rank logs the same
+    values), so ``ModelCheckpoint(monitor="probattr/noise_rate", mode="min")``
+    and ``EarlyStopping`` work unchanged and every attached logger (W&B, CSV,
+    TensorBoard...) receives them: ``{prefix}/step`` (the global step) and, for
+    each metric of :data:`probattr_monitor.report.METRIC_NAMES`,
+    ``{prefix}/<metric>``, ``{prefix}/<metric>_ci_low``,
+    ``{prefix}/<metric>_ci_high``; plus ``{prefix}/n_tokens``,
+    ``{prefix}/n_probes`` and ``{prefix}/count_<class>`` (see
+    :func:`logged_keys`). Values scored in ``on_train_batch_end`` are logged
+    with ``logger=False`` (so that they reach ``callback_metrics``) and sent to
+    the loggers at once through the trainer's logger connector, whatever
+    ``log_every_n_steps`` says.
+
+    Tables and figures
+    ------------------
+    On global rank 0 only: to W&B (:class:`~probattr_monitor.sinks.WandbSink`;
+    the run of Lightning's ``WandbLogger``, else ``wandb.run``) and/or to files
+    (:class:`~probattr_monitor.sinks.FileSink`). The W&B run config records
+    the probe-set manifest and fingerprint, the scoring settings and the
+    schedule under ``config[prefix]``.
+
+    Validation before training
+    --------------------------
+    At construction: unknown probe set, unreadable probe file, impossible
+    schedule. At ``setup``: a ``ModelCheckpoint``/``EarlyStopping`` whose
+    ``monitor`` starts with ``f"{prefix}/"`` but names a key this callback
+    never logs; ``wandb=True`` without a run; no tokenizer; a probe longer than
+    the model's context. When training starts: a schedule that can never fire,
+    or that leaves such a checkpoint/early-stopping callback reading a missing
+    or stale value. All raise ``ValueError`` (on every rank).
+
+    Never disturbing training
+    -------------------------
+    Scoring runs under :func:`~probattr_monitor.monitor.training_state_guard`
+    (RNG states, module modes, grad mode, autocast, TF32 restored) and
+    ``torch.no_grad``; the weights of a run with the callback are bit-identical
+    to those of the same run without it. A scoring failure warns and is
+    recorded in :attr:`failures`; it never stops training.
+
+    Resuming
+    --------
+    The monitor's history (steps, values, best value and step) is saved in
+    every checkpoint (``Callback.state_dict``) and restored on resume; a step
+    already in the history is never scored again.
+
+    Distributed training
+    --------------------
+    DDP: each rank scores ``probe_set.shard(rank, world_size)``, the scores are
+    gathered with ``torch.distributed.all_gather_object`` on every rank, and
+    every rank builds the same report and logs the same values; only rank 0
+    writes tables. No collective is ever behind ``is_global_zero``. (Per-probe
+    failures are recorded, not raised, so every rank reaches the gather; an
+    unexpected exception on one rank only would leave the others waiting in it.)
+    FSDP / DeepSpeed (any strategy in :data:`SHARDED_STRATEGIES`): every rank
+    must run the same number of forward passes with the same shapes, or the
+    parameter all-gathers deadlock. The callback therefore scores *every*
+    probe on *every* rank (``shard_probes=False``), with the same inputs,
+    greedy/seeded decoding, no time budget and no early exit, so forward
+    counts and shapes match; the values logged are rank 0's (broadcast). The
+    forwards go through the sharded modules themselves, so they gather their
+    parameters as in training: under Lightning's ``FSDPStrategy`` (whose root
+    ``FullyShardedDataParallel`` unit wraps the LightningModule) score the
+    LightningModule itself, i.e. give it a ``forward(input_ids, **kwargs)``
+    that returns the HF output (the callback then calls the root wrapper);
+    under DeepSpeed ZeRO-3 every submodule gathers its own parameters, so the
+    HF child works too. The trial forward at ``on_fit_start`` runs on every
+    rank as well. Only the DDP path is exercised by this package's tests (CPU,
+    gloo); the sharded path is covered by a test that every rank runs the same
+    number of forwards with the same shapes when ``shard_probes=False``.
+    """
+
+    def __init__(
+        self,
+        monitor: Optional[ProbAttrMonitor] = None,
+        *,
+        probes: Any = "reasonable-en",
+        tokenizer: Any = None,
+        scoring: Optional[ScoringConfig] = None,
+        every_n_steps: Optional[int] = None,
+        every_n_epochs: Optional[int] = None,
+        on_validation_end: bool = True,
+        on_save_checkpoint: bool = False,
+        metric: str = "noise_rate",
+        mode: str = "min",
+        prefix: str = "probattr",
+        time_budget_s: Optional[float] = None,
+        model_attr: Optional[str] = None,
+        wandb: Any = "auto",
+        log_dir: Optional[str | Path] = None,
+        log_plots: bool = True,
+        max_rows_per_table: int = 10_000,
+        file_formats: Sequence[str] = ("csv", "json"),
+        shard_probes: Optional[bool] = None,
+    ) -> None:
+        super().__init__()
+        if monitor is not None:
+            if not isinstance(monitor, ProbAttrMonitor):
+                raise TypeError(f"monitor must be a ProbAttrMonitor, got {type(monitor).__name__}")
+            defaults = {"probes": "reasonable-en", "scoring": None, "every_n_steps": None, "every_n_epochs": None,
+                        "on_validation_end": True, "on_save_checkpoint": False, "metric": "noise_rate",
+                        "mode": "min", "prefix": "probattr", "time_budget_s": None}
+            given = {"probes": probes, "scoring": scoring, "every_n_steps": every_n_steps,
+                     "every_n_epochs": every_n_epochs, "on_validation_end": on_validation_end,
+                     "on_save_checkpoint": on_save_checkpoint, "metric": metric, "mode": mode, "prefix": prefix,
+                     "time_budget_s": time_budget_s}
+            conflicts = sorted(k for k, v in given.items() if v is not defaults[k] and v != defaults[k])
+            if conflicts:
+                raise ValueError(
+                    f"ProbAttrCallback got a monitor and also {conflicts}: configure these on the "
+                    "ProbAttrMonitor instead"
+                )
+            if tokenizer is not None:
+                monitor.tokenizer = tokenizer
+            self.monitor = monitor
+        else:
+            schedule = Schedule(every_n_steps=every_n_steps, every_n_epochs=every_n_epochs,
+                                on_validation_end=on_validation_end,
+                                on_save_checkpoint=on_save_checkpoint)  # raises on an impossible schedule
+            self.monitor = ProbAttrMonitor(  # raises on an unknown probe set / unreadable file
+                probes, tokenizer=tokenizer, scoring=scoring, schedule=schedule, metric=metric, mode=mode,
+                time_budget_s=time_budget_s, prefix=prefix,
+            )
+        if wandb not in (True, False, "auto"):
+            raise ValueError(f"wandb must be True, False or 'auto', got {wandb!r}")
+        if model_attr is not None and (not isinstance(model_attr, str) or not model_attr):
+            raise ValueError(f"model_attr must be a non-empty attribute name, got {model_attr!r}")
+        if shard_probes not in (None, True, False):
+            raise ValueError(f"shard_probes must be None, True or False, got {shard_probes!r}")
+        self.model_attr = model_attr
+        self.wandb = wandb
+        self.log_dir = None if log_dir is None else Path(log_dir)
+        self.log_plots = bool(log_plots)
+        self.shard_probes = shard_probes
+        # Sinks are built now so that bad settings raise before training.
+        self._wandb_sink_args = {"prefix": self.monitor.prefix, "max_rows_per_table": max_rows_per_table,
+                                 "log_plots": self.log_plots}
+        WandbSink(**self._wandb_sink_args)
+        self._file_formats = tuple(file_formats)
+        if self.log_dir is not None:
+            FileSink(self.log_dir, formats=self._file_formats, plots=self.log_plots)
+        self.sinks: list[Any] = []
+        self._model: Optional[torch.nn.Module] = None
+        self._attempted: set[int] = set()
+        #: ``{"step", "event", "error"}`` of every scoring that failed (warned; training went on).
+        self.failures: list[dict] = []
+        #: ``{"step", "event", "score_s", "log_s"}`` of every scoring by this process.
+        self.timings: list[dict] = []
+        #: The last report built (on every rank).
+        self.last_report: Optional[Report] = None
+
+    # ------------------------------------------------------------------ identity / state
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.monitor.prefix, probes=self.monitor.probe_set.fingerprint[:16])
+
+    @property
+    def monitor_key(self) -> str:
+        """The logged key of the tracked metric, e.g. ``probattr/noise_rate``."""
+        return self.monitor.monitor_key
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.monitor.schedule
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor.state_dict(), "failures": list(self.failures)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.monitor.load_state_dict(state_dict.get("monitor", {}))
+        self.failures = list(state_dict.get("failures", []))
+
+    def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
+                           checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        mark = f"'prefix': {self.monitor.prefix!r}"
+        others = [k for k in states if isinstance(k, str) and k.startswith(type(self).__qualname__) and mark in k]
+        if others:
+            warnings.warn(
+                f"probattr: the checkpoint holds {self.monitor.prefix!r} history for a different probe set "
+                f"({others[0]}); this run scores {self.monitor.probe_set.name!r} (fingerprint "
+                f"{self.monitor.probe_set.fingerprint[:16]}) and starts a new history: values are not comparable",
+                RuntimeWarning, stacklevel=2,
+            )
+
+    @property
+    def history(self) -> list:
+        """The monitor's history (one entry per scored step), restored on resume."""
+        return list(self.monitor.state.history)
+
+    def config(self) -> dict[str, Any]:
+        """What the run config records (probe-set manifest and fingerprint, scoring, schedule)."""
+        m = self.monitor
+        return {
+            "probe_set": m.probe_set.manifest(),
+            "fingerprint": m.probe_set.fingerprint,
+            "scoring": m.scoring.to_dict(),
+            "bootstrap": {"n_boot": m.scoring.n_boot, "ci": m.scoring.ci},
+            "schedule": dataclasses.asdict(m.schedule),
+            "metric": m.metric,
+            "mode": m.mode,
+            "monitor_key": m.monitor_key,
+            "time_budget_s": m.time_budget_s,
+        }
+
+    # ------------------------------------------------------------------ validation
+    def _known_keys(self) -> set[str]:
+        return set(logged_keys(self.monitor.prefix))
+
+    def _watchers(self, trainer: "pl.Trainer") -> list[Any]:
+        """ModelCheckpoint / EarlyStopping callbacks that monitor one of our keys."""
+        out = []
+        for cb in trainer.callbacks:
+            if isinstance(cb, (ModelCheckpoint, EarlyStopping)):
+                mon = getattr(cb, "monitor", None)
+                if isinstance(mon, str) and mon.startswith(f"{self.monitor.prefix}/"):
+                    out.append(cb)
+        return out
+
+    def _check_watched_keys(self, trainer: "pl.Trainer") -> None:
+        known = self._known_keys()
+        for cb in self._watchers(trainer):
+            if cb.monitor == self.monitor_key and getattr(cb, "mode", self.monitor.mode) != self.monitor.mode:
+                warnings.warn(f"probattr: {type(cb).__name__}(monitor={cb.monitor!r}, mode={cb.mode!r}) but the "
+                              f"monitor treats {self.monitor.mode!r} as better", RuntimeWarning, stacklevel=2)
+            if cb.monitor not in known:
+                close = sorted(k for k in known if k.split("/")[-1][:5] == cb.monitor.split("/")[-1][:5])
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(
+                    f"{type(cb).__name__}(monitor={cb.monitor!r}) watches a key that ProbAttrCallback never logs"
+                    f"{hint}; it logs: {', '.join(sorted(known))}"
+                )
+
+    def _resolve_tokenizer(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Any:
+        if self.monitor.tokenizer is not None:
+            return self.monitor.tokenizer
+        for owner in (pl_module, getattr(trainer, "datamodule", None)):
+            tok = getattr(owner, "tokenizer", None) if owner is not None else None
+            if tok is not None:
+                return tok
+        raise ValueError(
+            "ProbAttrCallback needs a tokenizer: pass tokenizer=..., or give the LightningModule "
+            "(or the datamodule) a `tokenizer` attribute"
+        )
+
+    @staticmethod
+    def _trial_forward(model: torch.nn.Module, tokenizer: Any) -> Optional[str]:
+        """Run a 2-token forward; return why it is not a causal LM, or None if it is."""
+        tid = conditioning_token_id(tokenizer)
+        tid = 0 if tid is None else int(tid)
+        try:
+            device = next(iter(model.parameters())).device
+        except StopIteration:
+            device = torch.device("cpu")
+        ids = torch.tensor([[tid, tid]], device=device)
+        try:
+            with training_state_guard(model), scoring_mode(model):
+                try:
+                    out = model(input_ids=ids)
+                except TypeError:
+                    out = model(ids)
+        except Exception as err:  # noqa: BLE001 - reported to the user as a configuration error
+            return f"forward(input_ids=...) failed: {type(err).__name__}: {err}"
+        logits = getattr(out, "logits", None)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != (1, 2):
+            return f"forward(input_ids=...) returned {type(out).__name__} without [batch, seq, vocab] `.logits`"
+        return None
+
+    def _resolve_model(self, pl_module: "pl.LightningModule", tokenizer: Any,
+                       trainer: Optional["pl.Trainer"] = None) -> torch.nn.Module:
+        if self.model_attr is not None:
+            obj: Any = pl_module
+            for part in self.model_attr.split("."):
+                if not hasattr(obj, part):
+                    raise ValueError(f"model_attr={self.model_attr!r}: {type(obj).__name__} has no attribute {part!r}")
+                obj = getattr(obj, part)
+            if not isinstance(obj, torch.nn.Module):
+                raise ValueError(f"model_attr={self.model_attr!r} is a {type(obj).__name__}, not a torch.nn.Module")
+            problem = self._trial_forward(obj, tokenizer)
+            if problem:
+                raise ValueError(f"model_attr={self.model_attr!r} is not a causal LM returning `.logits`: {problem}")
+            return obj
+        problems = []
+        if type(pl_module).forward is not pl.LightningModule.forward:
+            caller = pl_module if trainer is None else self._forward_module(trainer, pl_module, pl_module)
+            problem = self._trial_forward(caller, tokenizer)
+            if problem is None:
+                return pl_module
+            problems.append(f"the LightningModule: {problem}")
+        children = self._hf_children(pl_module)
+        if len(children) == 1:
+            name, child = children[0]
+            problem = self._trial_forward(child, tokenizer)
+            if problem is None:
+                return child
+            problems.append(f"{name}: {problem}")
+        elif len(children) > 1:
+            problems.append(f"several transformers models ({', '.join(n for n, _ in children)})")
+        else:
+            problems.append("no transformers.PreTrainedModel child")
+        raise ValueError(
+            "ProbAttrCallback cannot find the causal LM to score (" + "; ".join(problems)
+            + "): pass model_attr='<attribute of the LightningModule>'"
+        )
+
+    @staticmethod
+    def _hf_children(pl_module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        try:
+            from transformers import PreTrainedModel
+        except ImportError:  # pragma: no cover
+            return []
+        found: list[tuple[str, torch.nn.Module]] = []
+        for name, module in pl_module.named_modules():
+            if name and isinstance(module, PreTrainedModel) and not any(name.startswith(f + ".") for f, _ in found):
+                found.append((name, module))
+        return found
+
+    def _checkpoint_reads(self, cb: Any, trainer: "pl.Trainer") -> str:
+        """When a watcher reads the metric: 'train_batch', 'train_epoch', 'validation' or 'time'."""
+        if isinstance(cb, EarlyStopping):
+            return "train_epoch" if getattr(cb, "_check_on_train_epoch_end", False) else "validation"
+        if getattr(cb, "_train_time_interval", None) is not None:
+            return "time"
+        if (getattr(cb, "_every_n_train_steps", 0) or 0) >= 1:
+            return "train_batch"
+        should = getattr(cb, "_should_save_on_train_epoch_end", None)
+        return "train_epoch" if (callable(should) and should(trainer)) else "validation"
+
+    @staticmethod
+    def _validation_runs(trainer: "pl.Trainer") -> bool:
+        if trainer.limit_val_batches == 0 or trainer.lightning_module is None:
+            return False
+        if not is_overridden("validation_step", trainer.lightning_module):
+            return False
+        if trainer.val_dataloaders is None:  # not loaded yet (first validation epoch later): assume it runs
+            return True
+        n = trainer.num_val_batches
+        return bool(sum(n) if isinstance(n, (list, tuple)) else n)
+
+    def _check_schedule_fits_run(self, trainer: "pl.Trainer") -> Optional[str]:
+        """Why the schedule cannot serve this run (None if it can)."""
+        s = self.schedule
+        has_val = self._validation_runs(trainer)
+        val_each_epoch_end = has_val and trainer.check_val_every_n_epoch == 1 and trainer.val_check_interval == 1.0
+        checkpoints = list(trainer.checkpoint_callbacks)
+        try:
+            max_steps = trainer.estimated_stepping_batches
+        except Exception:  # noqa: BLE001 - unknown length: assume steps are reached
+            max_steps = math.inf
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else math.inf
+        fires = {
+            "every_n_steps": bool(s.every_n_steps) and s.every_n_steps <= max_steps,
+            "every_n_epochs": bool(s.every_n_epochs) and s.every_n_epochs <= max_epochs,
+            "on_validation_end": s.on_validation_end and has_val,
+            "on_save_checkpoint": s.on_save_checkpoint and bool(checkpoints),
+        }
+        if not any(fires.values()):
+            return (
+                f"impossible schedule for this run: {dataclasses.asdict(s)} never fires (validation runs: {has_val}, "
+                f"ModelCheckpoint callbacks: {len(checkpoints)}, estimated optimizer steps: {max_steps}, "
+                f"max_epochs: {trainer.max_epochs})"
+            )
+        for cb in self._watchers(trainer):
+            reads = self._checkpoint_reads(cb, trainer)
+            if reads == "time":
+                warnings.warn(f"probattr: {type(cb).__name__}(monitor={cb.monitor!r}, train_time_interval=...) "
+                              "saves at clock times the callback cannot anticipate: it ranks checkpoints on the "
+                              "latest scored value; use every_n_train_steps for fresh values", RuntimeWarning,
+                              stacklevel=2)
+                continue
+            if s.on_save_checkpoint and isinstance(cb, ModelCheckpoint):
+                continue
+            if reads == "validation":
+                fresh = s.on_validation_end
+            elif reads == "train_epoch":
+                every = max(1, getattr(cb, "_every_n_epochs", 1) or 1) if isinstance(cb, ModelCheckpoint) else 1
+                fresh = (bool(s.every_n_epochs) and every % s.every_n_epochs == 0) or (
+                    s.on_validation_end and val_each_epoch_end)
+            else:  # train_batch
+                every = getattr(cb, "_every_n_train_steps", 0)
+                fresh = bool(s.every_n_steps) and every % s.every_n_steps == 0
+            if not fresh:
+                where = {"validation": "at the end of validation", "train_epoch": "at the end of training epochs",
+                         "train_batch": f"every {getattr(cb, '_every_n_train_steps', '?')} training steps"}[reads]
+                fix = "on_save_checkpoint=True" if isinstance(cb, ModelCheckpoint) else "a matching schedule"
+                return (
+                    f"{type(cb).__name__}(monitor={cb.monitor!r}) reads the metric {where}, but the ProbAttrCallback "
+                    f"schedule {dataclasses.asdict(s)} does not score there: it would compare a missing or stale "
+                    f"value. Use {fix} (or on_validation_end=True / every_n_steps / every_n_epochs to match)."
+                )
+        return None
+
+    def _agree(self, trainer: "pl.Trainer", problem: Optional[str]) -> None:
+        """Raise the same error on every rank (rank 0's verdict wins; a collective on all ranks)."""
+        if trainer.world_size > 1 and _dist_ready():
+            problem = trainer.strategy.broadcast(problem, src=0)
+        if problem:
+            raise ValueError(problem)
+
+    # ------------------------------------------------------------------ lightning hooks: setup
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage != "fit":
+            return
+        # Every rank logs identical (gathered or broadcast) values, so Lightning's advice to add
+        # sync_dist=True for epoch-level values in distributed runs does not apply to our keys.
+        warnings.filterwarnings("ignore", message=rf".*self\.log\('{re.escape(self.monitor.prefix)}/.*sync_dist=True")
+        self._check_watched_keys(trainer)
+        tokenizer = self._resolve_tokenizer(trainer, pl_module)
+        self.monitor.tokenizer = tokenizer
+        if self.wandb is True and not self._has_wandb_logger(trainer):
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                raise ValueError(
+                    "ProbAttrCallback(wandb=True) needs wandb: pip install 'probattr-monitor[wandb]'"
+                ) from None
+
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        problem = None
+        try:
+            self._model = self._resolve_model(pl_module, self.monitor.tokenizer, trainer)
+            self.monitor.setup(self._model if getattr(self._model, "config", None) is not None
+                               else self._context_model(pl_module), self.monitor.tokenizer)
+        except ValueError as err:
+            problem = str(err)
+        self._agree(trainer, problem)
+        # `trainer.log_dir` broadcasts (a collective): read it on every rank, never behind is_global_zero.
+        default_dir = Path(trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir)
+        problem = None
+        if trainer.is_global_zero:
+            try:
+                self.sinks = self._make_sinks(trainer, default_dir / self.monitor.prefix)
+                config = self.config()
+                for sink in self.sinks:
+                    sink.setup(config)
+            except (ValueError, TypeError, OSError) as err:
+                problem = f"ProbAttrCallback: setting up the logging sinks failed: {err}"
+        self._agree(trainer, problem)
+
+    def _context_model(self, pl_module: "pl.LightningModule") -> torch.nn.Module:
+        children = self._hf_children(pl_module)
+        return children[0][1] if len(children) == 1 else self._model
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._agree(trainer, self._check_schedule_fits_run(trainer))
+
+    # ------------------------------------------------------------------ sinks
+    @staticmethod
+    def _has_wandb_logger(trainer: "pl.Trainer") -> bool:
+        return any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers)
+
+    def _make_sinks(self, trainer: "pl.Trainer", default_dir: Path) -> list[Any]:
+        sinks: list[Any] = []
+        run, via_logger = None, False
+        if self.wandb is not False:
+            for lg in trainer.loggers:
+                if type(lg).__name__ == "WandbLogger":
+                    run, via_logger = lg.experiment, True
+                    break
+            if run is None and (self.wandb is True or "wandb" in sys.modules):
+                import wandb
+
+                run = wandb.run
+            if run is None and self.wandb is True:
+                raise ValueError("ProbAttrCallback(wandb=True) found no W&B run: attach a WandbLogger or call "
+                                 "wandb.init() before trainer.fit()")
+        if run is not None:
+            # With a WandbLogger the scalars reach W&B through Lightning; with the user's own run they don't.
+            sinks.append(WandbSink(run, log_scalars=not via_logger, **self._wandb_sink_args))
+        directory = self.log_dir
+        if directory is None and run is None:
+            directory = default_dir
+        if directory is not None:
+            sinks.append(FileSink(directory, formats=self._file_formats, plots=self.log_plots))
+        return sinks
+
+    # ------------------------------------------------------------------ lightning hooks: scoring
+    def _fitting(self, trainer: "pl.Trainer") -> bool:
+        fn = getattr(getattr(trainer, "state", None), "fn", None)
+        return str(getattr(fn, "value", fn)) == "fit" and not trainer.sanity_checking
+
+    def _checkpoint_due(self, trainer: "pl.Trainer", hook: str) -> bool:
+        """Whether some ModelCheckpoint saves right after ``hook`` (on_save_checkpoint schedule)."""
+        if not self.schedule.on_save_checkpoint:
+            return False
+        step, epoch = trainer.global_step, trainer.current_epoch
+        for cb in trainer.checkpoint_callbacks:
+            if not isinstance(cb, ModelCheckpoint):
+                continue
+            if getattr(cb, "_last_global_step_saved", None) == step:
+                continue
+            n_steps = getattr(cb, "_every_n_train_steps", 0) or 0
+            n_epochs = getattr(cb, "_every_n_epochs", 0) or 0
+            should = getattr(cb, "_should_save_on_train_epoch_end", None)
+            on_epoch_end = bool(callable(should) and should(trainer))
+            # train_time_interval saves are decided by the clock inside ModelCheckpoint: not anticipated
+            # (a warning at train start says so); guessing per rank could also desynchronise the ranks.
+            if hook == "train_batch":
+                if n_steps >= 1 and step % n_steps == 0:
+                    return True
+            elif hook == "train_epoch":
+                if on_epoch_end and n_epochs >= 1 and (epoch + 1) % n_epochs == 0:
+                    return True
+            elif hook == "validation":
+                if not on_epoch_end and n_epochs >= 1 and (epoch + 1) % n_epochs == 0:
+                    return True
+        return False
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if not self._fitting(trainer):
+            return
+        step = trainer.global_step
+        if self.schedule.due("train_step", step) or self._checkpoint_due(trainer, "train_batch"):
+            self._score_and_log(trainer, pl_module, "train_step")
+
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if not self._fitting(trainer):
+            return
+        step, epoch = trainer.global_step, trainer.current_epoch
+        if self.schedule.due("train_epoch", step, epoch) or self._checkpoint_due(trainer, "train_epoch"):
+            self._score_and_log(trainer, pl_module, "train_epoch")
+
+    def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if not self._fitting(trainer):
+            return  # never during the sanity check, nor in trainer.validate()
+        if self.schedule.due("validation_end", trainer.global_step) or self._checkpoint_due(trainer, "validation"):
+            self._score_and_log(trainer, pl_module, "validation_end")
+
+    # ------------------------------------------------------------------ scoring
+    def _shard(self, trainer: "pl.Trainer") -> bool:
+        if self.shard_probes is not None:
+            return self.shard_probes
+        return not _strategy_shards_params(trainer.strategy)
+
+    @staticmethod
+    def _forward_module(trainer: "pl.Trainer", pl_module: Any, module: torch.nn.Module) -> torch.nn.Module:
+        """The module to call: under FSDP the root wrapper stands for the LightningModule it wraps."""
+        if module is pl_module:
+            root = getattr(trainer.strategy, "model", None)
+            if root is not None and root is not pl_module and type(root).__name__ == "FullyShardedDataParallel":
+                return root
+        return module
+
+    def _score_and_log(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", event: str) -> None:
+        step = int(trainer.global_step)
+        if self.monitor.already_scored(step) or step in self._attempted:
+            return
+        self._attempted.add(step)
+        if self._model is None:  # fit started without on_fit_start (should not happen)
+            self._model = self._resolve_model(pl_module, self.monitor.tokenizer, trainer)
+        distributed = trainer.world_size > 1 and _dist_ready()
+        shard = self._shard(trainer)
+        started = time.perf_counter()
+        try:
+            report = self.monitor.run(
+                self._forward_module(trainer, pl_module, self._model), step, rank=trainer.global_rank,
+                world_size=trainer.world_size, gather=_all_gather_object if distributed else None, shard=shard,
+            )
+        except Exception as err:  # noqa: BLE001 - scoring must never stop training
+            self.failures.append({"step": step, "event": event, "error": f"{type(err).__name__}: {err}"})
+            warnings.warn(f"probattr: scoring at step {step} ({event}) failed: {err!r}; training goes on",
+                          RuntimeWarning, stacklevel=2)
+            return
+        score_s = time.perf_counter() - started
+        self.last_report = report
+        errors = report.meta.get("errors") or {}
+        if errors:
+            warnings.warn(f"probattr: {len(errors)} probe(s) failed at step {step}: "
+                          + "; ".join(f"{k}: {v}" for k, v in list(errors.items())[:3]), RuntimeWarning, stacklevel=2)
+        scalars = {f"{self.monitor.prefix}/step": float(step)}
+        scalars.update(report.metrics.scalars(prefix=f"{self.monitor.prefix}/"))
+        if distributed and not shard:
+            scalars = _broadcast_object(scalars)  # identical values on every rank, whatever the arithmetic
+        started = time.perf_counter()
+        if trainer.is_global_zero:
+            for sink in self.sinks:  # W&B first: its step key precedes the scalars Lightning sends
+                sink.log(report, step)
+        self._log_scalars(trainer, pl_module, scalars, event)
+        self.timings.append({"step": step, "event": event, "score_s": score_s,
+                             "log_s": time.perf_counter() - started})
+
+    def _log_scalars(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", scalars: dict[str, float],
+                     event: str) -> None:
+        in_batch = event == "train_step"
+        to_loggers = not in_batch and bool(trainer.loggers)
+        for key, value in scalars.items():
+            pl_module.log(key, float(value), on_step=in_batch, on_epoch=not in_batch, logger=to_loggers,
+                          prog_bar=key == self.monitor_key, sync_dist=False, rank_zero_only=False, batch_size=1)
+        if in_batch:
+            # Step-level values reach the loggers only every `log_every_n_steps`; send them now, once,
+            # through the trainer's own logger path (same step and `epoch` column as Lightning's), rounded
+            # like the values `self.log` stores, so loggers and `callback_metrics` agree.
+            dtype = torch.get_default_dtype()
+            values = {k: float(torch.tensor(float(v), dtype=dtype)) for k, v in scalars.items()}
+            connector = getattr(trainer, "_logger_connector", None)
+            if not trainer.loggers:
+                pass
+            elif connector is not None and hasattr(connector, "log_metrics"):
+                connector.log_metrics(values)
+            else:  # pragma: no cover - older/newer Lightning without the connector method
+                step = trainer.fit_loop.epoch_loop._batches_that_stepped
+                for lg in trainer.loggers:
+                    lg.log_metrics(values, step=step)

@@ -1,0 +1,17 @@
+"""Where a scoring's report goes besides the framework's scalar loggers.
+
+* :class:`WandbSink` - per-token and per-probe ``wandb.Table`` objects and the
+  figures, logged against a ``define_metric`` step key; the run config records
+  the probe-set fingerprint and the scoring settings.
+* :class:`FileSink` - the same tables and figures as files, plus a
+  ``history.jsonl`` of the scalars, under a directory.
+
+Both share the contract ``setup(config)`` (may raise on bad configuration)
+then ``log(report, step)`` (never raises for a logging failure: warns and
+records it in ``failures``). Importing this package does not import wandb.
+"""
+
+from probattr_monitor.sinks.files import CONFIG_FILE, HISTORY_FILE, FileSink, read_history, step_dir_name
+from probattr_monitor.sinks.wandb import WandbSink, table_keys
+
+__all__ = ["CONFIG_FILE", "HISTORY_FILE", "FileSink", "WandbSink", "read_history", "step_dir_name", "table_keys"]

@@ -1,0 +1,163 @@
+"""File sink: the same tables and figures as the W&B sink, written under a directory.
+
+Layout::
+
+    <directory>/config.json              probe-set manifest + fingerprint, scoring settings, schedule
+    <directory>/history.jsonl            one line per scoring: {"step": ..., "noise_rate": ..., ...}
+    <directory>/step-00000120/           one report per scoring (Report.save)
+        tokens.csv, report.json, metrics.json
+        entropy_vs_as.png, kl_vs_as.png, tokens_<probe>.png, tokens_<probe>.html
+
+Every file is written atomically; ``history.jsonl`` is rewritten whole, keyed by
+step (a step logged again, e.g. after resuming from an earlier checkpoint,
+replaces its old line), so a reader never sees a torn or duplicated line.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from probattr_monitor.io_utils import atomic_write_text
+from probattr_monitor.report import Report
+from probattr_monitor.report.report import TABLE_FILES, normalize_meta
+from probattr_monitor.sinks._plots import DEFAULT_MAX_TOKEN_PLOTS, render_plots
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.jsonl"
+
+
+def step_dir_name(step: int) -> str:
+    """``step-00000120``: the directory of one scoring."""
+    return f"step-{int(step):08d}"
+
+
+def read_history(directory: str | Path) -> list[dict[str, Any]]:
+    """The lines of ``history.jsonl`` in ``directory`` (empty list if there is none)."""
+    path = Path(directory) / HISTORY_FILE
+    if not path.exists():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("probattr: %s line %d is not JSON; skipped", path, n)
+    return out
+
+
+class FileSink:
+    """Write each scoring's report, figures and scalars under ``directory``.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Created on :meth:`setup` (or the first :meth:`log`).
+    formats : sequence of {"csv", "parquet", "json"}
+        Table formats of each report (see :meth:`Report.save`).
+    plots : bool
+        Also write the figures (PNG) and the coloured-token HTML pages.
+    max_token_plots : int
+        Probes that get a coloured-token figure per scoring.
+
+    Raises
+    ------
+    ValueError
+        An unknown format.
+    """
+
+    def __init__(self, directory: str | Path, *, formats: Sequence[str] = ("csv", "json"), plots: bool = True,
+                 max_token_plots: int = DEFAULT_MAX_TOKEN_PLOTS) -> None:
+        formats = tuple(dict.fromkeys(formats))
+        unknown = [f for f in formats if f not in TABLE_FILES]
+        if unknown:
+            raise ValueError(f"unknown report formats {unknown}; known: {sorted(TABLE_FILES)}")
+        if "parquet" in formats:
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise ImportError(
+                    "FileSink(formats=('parquet',...)) needs pyarrow: pip install 'probattr-monitor[io]'"
+                ) from None
+        self.directory = Path(directory)
+        self.formats = formats
+        self.plots = bool(plots)
+        self.max_token_plots = int(max_token_plots)
+        self._plots_unavailable = False
+        #: ``{"step": ..., "error": ...}`` for every call that failed (warned, not raised).
+        self.failures: list[dict] = []
+        #: Steps logged so far by this sink.
+        self.logged_steps: list[int] = []
+
+    @property
+    def history_path(self) -> Path:
+        return self.directory / HISTORY_FILE
+
+    def setup(self, config: dict) -> None:
+        """Write ``config.json`` (atomically).
+
+        Raises
+        ------
+        TypeError
+            ``config`` is not a dict.
+        OSError
+            The directory cannot be created or written.
+        """
+        if not isinstance(config, dict):
+            raise TypeError(f"config must be a dict, got {type(config).__name__}")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.directory / CONFIG_FILE,
+                          json.dumps(normalize_meta(config), indent=2, ensure_ascii=False, allow_nan=True))
+
+    def log(self, report: Report, step: int) -> Optional[Path]:
+        """Save the report to ``step-XXXXXXXX/`` and add its scalars to ``history.jsonl``.
+
+        Returns the report directory, or ``None`` if it could not be written
+        (the failure is warned about and recorded in :attr:`failures`, never raised).
+        """
+        out = self.directory / step_dir_name(step)
+        try:
+            report.save(out, self.formats)
+        except Exception as err:
+            self._fail(step, "saving the report", err)
+            return None
+        if self.plots and not self._plots_unavailable:
+            try:
+                render_plots(report, out, max_token_plots=self.max_token_plots, html=True)
+            except ImportError as err:
+                self._plots_unavailable = True
+                warnings.warn(f"probattr: no figures written: {err}", RuntimeWarning, stacklevel=2)
+            except Exception as err:
+                self._fail(step, "drawing the figures", err)
+        try:
+            self._append_history(report, int(step))
+        except Exception as err:
+            self._fail(step, f"updating {HISTORY_FILE}", err)
+            return out
+        self.logged_steps.append(int(step))
+        return out
+
+    def _append_history(self, report: Report, step: int) -> None:
+        line = {
+            "step": step,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            **report.metrics.scalars(prefix=""),
+            "n_errors": len(report.meta.get("errors") or {}),
+            "report": step_dir_name(step),
+        }
+        lines = [h for h in read_history(self.directory) if h.get("step") != step] + [line]
+        text = "".join(json.dumps(h, ensure_ascii=False, allow_nan=True) + "\n" for h in lines)
+        atomic_write_text(self.history_path, text)
+
+    def _fail(self, step: Any, what: str, err: BaseException) -> None:
+        self.failures.append({"step": step, "error": f"{what}: {type(err).__name__}: {err}"})
+        warnings.warn(f"probattr: {what} for step {step} in {self.directory} failed: {err!r}",
+                      RuntimeWarning, stacklevel=3)

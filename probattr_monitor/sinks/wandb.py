@@ -1,0 +1,225 @@
+"""Weights & Biases sink: per-token tables, per-probe summary, figures, run config.
+
+W&B pitfalls this sink is built around (DESIGN.md section 5):
+
+* never ``wandb.log(..., step=...)``: an explicit step behind W&B's own counter
+  silently drops data. Every call logs ``f"{prefix}/step"`` instead, declared
+  with ``define_metric`` as the x-axis of every ``f"{prefix}/*"`` key;
+* a ``wandb.Table`` that is logged, changed and logged again is not updated:
+  every call builds fresh tables;
+* tables are capped (:attr:`wandb.Table.MAX_ROWS`, 10,000 rows by default): the
+  token table is split into ``tokens_part1 .. tokens_partN`` past the cap;
+* tables come from one process only: on a distributed run only global rank 0
+  logs (the caller should also only call it there);
+* offline mode (``WANDB_MODE=offline``) works with no server.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import math
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from probattr_monitor.report import Report
+from probattr_monitor.sinks._plots import DEFAULT_MAX_TOKEN_PLOTS, render_plots
+
+logger = logging.getLogger(__name__)
+
+
+def _global_rank() -> int:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return int(dist.get_rank())
+    except Exception:  # pragma: no cover - torch always importable here
+        pass
+    return 0
+
+
+def _check_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or not prefix.strip("/") or "/" in prefix.strip("/"):
+        raise ValueError(f"prefix must be a non-empty name without '/', got {prefix!r}")
+    return prefix.strip("/")
+
+
+def table_keys(prefix: str, n_rows: int, max_rows_per_table: int) -> list[str]:
+    """Keys the token table is logged under: ``{prefix}/tokens`` or ``{prefix}/tokens_part1..N``."""
+    n_parts = max(1, math.ceil(n_rows / max_rows_per_table))
+    if n_parts == 1:
+        return [f"{prefix}/tokens"]
+    return [f"{prefix}/tokens_part{i}" for i in range(1, n_parts + 1)]
+
+
+class WandbSink:
+    """Log each scoring's report to a W&B run.
+
+    Parameters
+    ----------
+    run : wandb Run, optional
+        The run to log to (e.g. ``WandbLogger.experiment``). ``None``: the
+        active ``wandb.run`` at call time (a run created by ``wandb.init``,
+        by Lightning's ``WandbLogger`` or by HF's ``WandbCallback``). Without an
+        active run every call is a no-op (logged once at debug level).
+    prefix : str
+        Keys are ``f"{prefix}/..."``.
+    log_scalars : bool
+        Also log the report's scalars (``{prefix}/noise_rate``...) in the same
+        ``wandb.log`` call. Leave it ``False`` when the training framework
+        already sends them to W&B (Lightning's ``WandbLogger``, HF's
+        ``WandbCallback``), so nothing is logged twice.
+    max_rows_per_table : int
+        Rows per token table; more rows are split into several tables. Values
+        above :attr:`wandb.Table.MAX_ROWS` are lowered to it.
+    log_plots : bool
+        Attach the figures (entropy vs AS, KL vs AS, tokens coloured by AS for
+        the first ``max_token_plots`` probes) as ``wandb.Image``.
+
+    What one :meth:`log` call writes (a single ``wandb.log``, no ``step=``)::
+
+        {prefix}/step                      the training step (x-axis of every {prefix}/* key)
+        {prefix}/tokens                    per-token attribution table
+          (or {prefix}/tokens_part1..N     past max_rows_per_table rows)
+        {prefix}/probes                    per-probe summary table
+        {prefix}/errors                    probes that failed (only when some did)
+        {prefix}/plots/entropy_vs_as       figures (log_plots)
+        {prefix}/plots/kl_vs_as
+        {prefix}/plots/tokens/<probe_id>
+        {prefix}/noise_rate, ...           scalars (log_scalars)
+
+    :meth:`setup` records the configuration under ``run.config[prefix]``.
+    """
+
+    def __init__(
+        self,
+        run: Any = None,
+        *,
+        prefix: str = "probattr",
+        log_scalars: bool = False,
+        max_rows_per_table: int = 10_000,
+        log_plots: bool = True,
+        max_token_plots: int = DEFAULT_MAX_TOKEN_PLOTS,
+    ) -> None:
+        self.prefix = _check_prefix(prefix)
+        if isinstance(max_rows_per_table, bool) or not isinstance(max_rows_per_table, int) or max_rows_per_table < 1:
+            raise ValueError(f"max_rows_per_table must be a positive integer, got {max_rows_per_table!r}")
+        if isinstance(max_token_plots, bool) or not isinstance(max_token_plots, int) or max_token_plots < 0:
+            raise ValueError(f"max_token_plots must be a non-negative integer, got {max_token_plots!r}")
+        self._run = run
+        self.log_scalars = bool(log_scalars)
+        self.max_rows_per_table = max_rows_per_table
+        self.log_plots = bool(log_plots)
+        self.max_token_plots = max_token_plots
+        self._config: Optional[dict] = None
+        self._set_up: set = set()
+        self._said_no_run = False
+        self._plots_unavailable = False
+        #: ``{"step": ..., "error": ...}`` for every call that failed (warned, not raised).
+        self.failures: list[dict] = []
+        #: Steps logged so far by this sink.
+        self.logged_steps: list[int] = []
+
+    # ------------------------------------------------------------------ run
+    @property
+    def step_key(self) -> str:
+        return f"{self.prefix}/step"
+
+    def _resolve_run(self) -> Any:
+        if self._run is not None:
+            return self._run
+        try:
+            wandb = importlib.import_module("wandb")
+        except ImportError:
+            run = None
+        else:
+            run = getattr(wandb, "run", None)
+        if run is None and not self._said_no_run:
+            logger.debug("probattr: no active W&B run; the W&B sink does nothing")
+            self._said_no_run = True
+        return run
+
+    def _apply_setup(self, run: Any) -> None:
+        ident = getattr(run, "id", None) or id(run)
+        if ident in self._set_up:
+            return
+        if self._config is not None:
+            run.config.update({self.prefix: self._config}, allow_val_change=True)
+        run.define_metric(self.step_key)
+        run.define_metric(f"{self.prefix}/*", step_metric=self.step_key, step_sync=True)
+        self._set_up.add(ident)
+
+    def setup(self, config: dict) -> None:
+        """Record ``config`` (probe-set fingerprint, scoring settings...) in the run config.
+
+        Applied now if a run is active, else to the first run :meth:`log` finds.
+
+        Raises
+        ------
+        TypeError
+            ``config`` is not a dict.
+        """
+        if not isinstance(config, dict):
+            raise TypeError(f"config must be a dict, got {type(config).__name__}")
+        self._config = copy.deepcopy(config)
+        self._set_up.clear()
+        if _global_rank() != 0:
+            return
+        run = self._resolve_run()
+        if run is not None:
+            self._apply_setup(run)
+
+    # ------------------------------------------------------------------ logging
+    def payload(self, report: Report, step: int, *, image_dir: Optional[Path] = None) -> dict[str, Any]:
+        """The dict one :meth:`log` call passes to ``wandb.log`` (images need ``image_dir``)."""
+        import wandb
+
+        p = self.prefix
+        data: dict[str, Any] = {self.step_key: int(step)}
+        table = report.table
+        cap = min(self.max_rows_per_table, int(getattr(wandb.Table, "MAX_ROWS", self.max_rows_per_table)))
+        keys = table_keys(p, len(table), cap)
+        for i, key in enumerate(keys):
+            part = table.iloc[i * cap:(i + 1) * cap].reset_index(drop=True)
+            data[key] = wandb.Table(dataframe=part, allow_mixed_types=True)
+        data[f"{p}/probes"] = wandb.Table(dataframe=report.metrics.per_probe_frame(), allow_mixed_types=True)
+        errors = report.meta.get("errors") or {}
+        if errors:
+            data[f"{p}/errors"] = wandb.Table(columns=["probe_id", "error"],
+                                              data=[[str(k), str(v)] for k, v in errors.items()])
+        if self.log_plots and image_dir is not None and not self._plots_unavailable:
+            try:
+                plots = render_plots(report, image_dir, max_token_plots=self.max_token_plots)
+            except ImportError as err:
+                self._plots_unavailable = True
+                warnings.warn(f"probattr: no figures logged to W&B: {err}", RuntimeWarning, stacklevel=3)
+            except Exception as err:  # a figure must never cost the tables
+                warnings.warn(f"probattr: drawing the figures of step {step} failed: {err!r}",
+                              RuntimeWarning, stacklevel=3)
+            else:
+                for name, path in plots.items():
+                    data[f"{p}/plots/{name}"] = wandb.Image(str(path))
+        if self.log_scalars:
+            data.update(report.metrics.scalars(prefix=f"{p}/"))
+        return data
+
+    def log(self, report: Report, step: int) -> None:
+        """Log one scoring in a single ``wandb.log`` call; never raises for a logging failure."""
+        try:
+            if _global_rank() != 0:
+                return
+            run = self._resolve_run()
+            if run is None:
+                return
+            self._apply_setup(run)
+            with tempfile.TemporaryDirectory(prefix="probattr-wandb-") as tmp:
+                data = self.payload(report, step, image_dir=Path(tmp))
+                run.log(data)  # no step=: W&B's counter stays in charge; f"{prefix}/step" is the x-axis
+            self.logged_steps.append(int(step))
+        except Exception as err:
+            self.failures.append({"step": int(step), "error": f"{type(err).__name__}: {err}"})
+            warnings.warn(f"probattr: logging step {step} to W&B failed: {err!r}", RuntimeWarning, stacklevel=2)
