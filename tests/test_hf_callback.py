@@ -505,6 +505,9 @@ out = {
     "sharded": cb.last_report.meta.get("sharded"),
 }
 (tmp / f"rank{rank}.json").write_text(json.dumps(out))
+# tear the gloo group down before exit: left alive, its threads can abort the process at shutdown
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 '''
 
 
