@@ -92,7 +92,8 @@ def four_probes():
 def test_default_config_uses_the_named_constants():
     cfg = NoiseConfig()
     assert cfg.entropy_threshold == DEFAULT_ENTROPY_THRESHOLD
-    assert cfg.entropy_mode == DEFAULT_ENTROPY_MODE == "normalized"
+    assert cfg.entropy_mode == DEFAULT_ENTROPY_MODE == "nats"
+    assert cfg.entropy_threshold == 1.0
     assert (cfg.negative_below, cfg.near_zero_max, cfg.high_above) == (-0.2, 0.2, 3.0)
     assert NoiseConfig.from_dict(cfg.to_dict()) == cfg
 
@@ -169,7 +170,7 @@ def test_noise_flags_normalized_mode_divides_by_log_num_candidates():
 
 def test_noise_flags_normalized_needs_num_candidates():
     with pytest.raises(ValueError, match="num_candidates is required"):
-        noise_flags([0.0], [1.0], NoiseConfig())
+        noise_flags([0.0], [1.0], NoiseConfig(entropy_mode="normalized", entropy_threshold=0.3))
     with pytest.raises(ValueError, match="differ in shape"):
         noise_flags([0.0, 1.0], [1.0], NATS)
 
