@@ -3,7 +3,7 @@
 The public entry point is :func:`attribute` (DESIGN.md section 3).
 """
 
-from probattr_monitor.engine import AttributionResult, attribute, attribute_text
+from probattr_monitor.engine import AttributionResult, Budget, attribute, attribute_text
 
-__all__ = ["AttributionResult", "attribute", "attribute_text"]
+__all__ = ["AttributionResult", "Budget", "attribute", "attribute_text"]
 __version__ = "0.1.0"

@@ -58,10 +58,13 @@ def attribute(
         caller if the model uses one). At least 2 tokens.
     response_ids : sequence of int or 1-D tensor
         The response ``y`` (at least 1 token).
-    candidates : "all" or sequence of int
+    candidates : "all", sequence of int, or Budget
         ``"all"``: every id of the model's output vocabulary (paper-exact).
         A sequence: exact over that subset; the original token at each position
-        is always added.
+        is always added. A :class:`~probattr_monitor.engine.budgeted.Budget`:
+        the budgeted estimator (a few candidates exactly, the tail estimated by
+        importance sampling), with standard errors in ``result.stderr`` and
+        its cost in ``result.info``; see ``Budget`` for the cost model.
     positions : sequence of int, optional
         Prompt indices to score, each in ``[1, len(prompt_ids) - 1]``; default all.
     batch_size : int, optional
@@ -99,6 +102,11 @@ def attribute(
         check_in_vocab(prompt, declared, "prompt_ids")
         check_in_vocab(response, declared, "response_ids")
     check_context(model, len(prompt) + len(response))
+    from probattr_monitor.engine.budgeted import Budget, attribute_budgeted
+
+    if isinstance(candidates, Budget):
+        return attribute_budgeted(model, prompt, response, candidates, pos, bs,
+                                  memory_budget_mb=memory_budget_mb, use_cache=use_cache)
     started = time.perf_counter()
     with scoring_mode(model):
         runner = ModelRunner(model, int(memory_budget_mb * 2**20), use_cache=use_cache)

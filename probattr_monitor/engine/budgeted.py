@@ -1,0 +1,621 @@
+"""Budgeted probabilistic attribution: a few candidates exactly, the tail estimated.
+
+Exact scoring (:func:`probattr_monitor.attribute` with ``candidates="all"``)
+runs one teacher-forced pass over ``v, x_>k, y`` for *every* candidate ``v`` at
+every scored position ``k``. The budgeted estimator spends that pass on a small
+set of candidates only and estimates the rest of the sums of DESIGN.md
+section 2 by importance sampling, with a standard error for every quantity.
+
+Per scored position ``k`` (candidate universe ``U``, the whole vocabulary by
+default, always holding the original token ``x_k``):
+
+1. **Screen.** One batched forward of the single token ``v`` after the shared
+   prefix cache ``x_<k`` gives ``log p(x_{k+1} | x_<k, v)`` (``y_1`` at the last
+   prompt position) for every screened ``v``. The screening score is
+   ``s(v) = log p(v | x_<k) + log p(x_{k+1} | x_<k, v)``; for tokens that are
+   left out of a partial screen (``screen=m``), the screened ids' mean
+   next-token probability stands in for their own. Because every further term
+   of ``a_k`` and ``b_k`` is a log-probability, ``b_k(v) <= a_k(v) <= s(v)``
+   for screened ids: the screen is an upper bound that sees past the prior (a
+   token with a low prior that the next token strongly calls for gets a high
+   score).
+2. **Exact set** ``E``: the original token, the prior's nucleus (the smallest
+   top-prior set holding ``nucleus`` of the universe's prior mass, capped at
+   half the slots when screening), then the highest screening scores, up to
+   ``max_candidates`` ids. Each is scored exactly.
+3. **Tail** ``T = U \\ E``: ``tail_samples`` distinct ids are drawn by priority
+   sampling (Duffield, Lund & Thorup 2007) with weights from the proposal
+   ``q = 0.9 * softmax_T(s) + 0.1 * prior restricted to T`` and scored
+   exactly. Ids whose weight is above the sampling threshold are drawn with
+   certainty and join the exact part; each other one contributes
+   ``f(v) / pi(v)`` (``pi`` = its inclusion probability, Horvitz-Thompson) to
+   the five tail sums ``D = sum e^a``, ``N = sum e^b``, ``sum e^a a``,
+   ``sum e^b b`` and ``sum e^b (b - a)``, corrected by a regression on the
+   controls ``e^s``, ``e^s s``, ``p(v | x_<k)`` and ``p(v | x_<k) log p(v | x_<k)``,
+   whose totals over the tail are known from the screen and the prior
+   (generalised regression estimator). ``a - s`` varies little between
+   candidates, so the controls absorb most of the sampling noise; at the last
+   prompt position ``a`` *is* the log prior, and one position earlier it is
+   ``s``, so ``D`` and ``H`` come out (almost) exact there.
+4. **Estimates.** AS, ``H``, ``H'``, KL, ``log N`` and ``log D`` are smooth
+   functions of those five sums; their standard errors come from the delta
+   method on a model-assisted covariance of the tail sums: the regression
+   residuals (relative to ``e^s``) pooled over *every* scored id, the exact
+   set included, so that a sample that happened to miss the rare large
+   residuals still reports an honest error, in the conservative
+   with-replacement form.
+
+When ``max_candidates + tail_samples >= |U|`` every candidate is scored and the
+result equals exact scoring over ``U`` (no screening is run then).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import numbers
+import time
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from scipy.special import logsumexp
+
+from probattr_monitor.engine.modes import scoring_mode
+from probattr_monitor.engine.result import AttributionResult
+from probattr_monitor.engine.runner import FullPass, ModelRunner, _get_logits, _prefix_cache
+from probattr_monitor.engine.stats import PositionStats, position_stats, top_k
+from probattr_monitor.engine.validation import (
+    as_id_list,
+    check_batch_size,
+    check_candidates,
+    check_context,
+    check_in_vocab,
+    check_model,
+    check_positions,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Weight of the prior in the tail proposal (the rest is the screening softmax).
+PRIOR_MIX = 0.1
+
+_MAX_CTRL = 4
+_POOL = 'jack'
+_GAMMA = 0.0
+
+#: Names of the per-position standard errors (``AttributionResult.stderr``).
+STDERR_FIELDS = ("attribution", "log_numerator", "log_denominator", "entropy_prompt", "entropy_full", "kl")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Settings of the budgeted estimator (pass as ``attribute(..., candidates=Budget(...))``).
+
+    Parameters
+    ----------
+    max_candidates : int, default 64
+        Size of the exact set ``E`` per position (original token, prior nucleus,
+        top screening scores), at least 1.
+    tail_samples : int, default 64
+        Distinct tail candidates drawn per position by priority sampling and
+        scored exactly; 0 ignores the tail (sums over ``E`` only, standard
+        errors NaN).
+    nucleus : float, default 0.9
+        Prior mass (of the universe) whose nucleus goes into ``E`` (capped at
+        half of ``max_candidates`` when screening, all of it otherwise).
+        0 disables the nucleus.
+    screen : bool or int, default True
+        ``True``: screen every id of the universe; an int ``m``: screen the
+        ``m`` ids of highest prior only; ``False`` (or 0): no screening, the
+        screening score is the prior.
+    seed : int, default 0
+        Seed of the tail sampler. Position ``k`` draws from
+        ``numpy.random.default_rng([seed, k])``: results are deterministic for
+        a seed and do not depend on which other positions are scored.
+    universe : sequence of int, optional
+        Candidate ids the estimator is restricted to (the original token is
+        always added); default: the whole output vocabulary. With a universe,
+        the estimate targets exact scoring with ``candidates=universe``.
+
+    Cost model
+    ----------
+    In token-forwards (the engine's cost unit, ``info["token_forwards"]``), with
+    ``L = len(prompt) + len(response)``, ``U_k`` the universe at position ``k``
+    and ``S_k`` the screened ids (``|U_k|`` for ``screen=True``)::
+
+        budgeted ≈ L + sum_k [ |S_k| + (|E_k| + tail_samples) * (L - k) ]
+        exact    =  L + sum_k  |U_k| * (L - k)
+
+    (``|E_k| <= max_candidates``; on models without a KV cache every forward
+    row costs ``L`` instead of ``L - k`` and a screening row ``k + 1``.) The
+    screen costs ``1 / (L - k)`` of exact scoring at position ``k``, so the
+    cheapest useful settings for long suffixes are ``screen=True``; close to
+    the end of the prompt a partial screen (``screen=m``) keeps the cost down.
+    ``info["exact_token_forwards"]`` reports what exact scoring would have cost.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For budgets that make no sense: fewer than one candidate, negative
+        samples, a nucleus outside ``[0, 1]``, a negative seed or screen size,
+        an empty or duplicated universe.
+    """
+
+    max_candidates: int = 64
+    tail_samples: int = 64
+    nucleus: float = 0.9
+    screen: Union[bool, int] = True
+    seed: int = 0
+    universe: Optional[tuple] = None
+
+    def __post_init__(self) -> None:
+        _check_int(self.max_candidates, "max_candidates")
+        if self.max_candidates < 1:
+            raise ValueError(
+                f"Budget.max_candidates must be at least 1 (the original token is always scored "
+                f"exactly), got {self.max_candidates}"
+            )
+        _check_int(self.tail_samples, "tail_samples")
+        if self.tail_samples < 0:
+            raise ValueError(f"Budget.tail_samples must be >= 0 (0 ignores the tail), got {self.tail_samples}")
+        if isinstance(self.nucleus, bool) or not isinstance(self.nucleus, numbers.Real):
+            raise TypeError(f"Budget.nucleus must be a number in [0, 1], got {type(self.nucleus).__name__}")
+        if not 0.0 <= float(self.nucleus) <= 1.0:
+            raise ValueError(f"Budget.nucleus must be a prior mass in [0, 1], got {self.nucleus}")
+        if not isinstance(self.screen, bool):
+            _check_int(self.screen, "screen", "True, False or a non-negative number of ids to screen")
+            if self.screen < 0:
+                raise ValueError(f"Budget.screen must be True, False or a non-negative int, got {self.screen}")
+        _check_int(self.seed, "seed")
+        if self.seed < 0:
+            raise ValueError(f"Budget.seed must be a non-negative integer, got {self.seed}")
+        if self.universe is not None:
+            if isinstance(self.universe, str):
+                if self.universe != "all":
+                    raise ValueError(f"Budget.universe must be 'all', None or a sequence of token ids, "
+                                     f"got the string {self.universe!r}")
+                object.__setattr__(self, "universe", None)
+                return
+            try:
+                ids = as_id_list(self.universe, "Budget.universe")
+            except ValueError as err:
+                if "empty" in str(err):
+                    raise ValueError("Budget.universe is empty: give None (whole vocabulary) or "
+                                     "at least one token id") from None
+                raise
+            if len(set(ids)) != len(ids):
+                dup = sorted({c for c in ids if ids.count(c) > 1})[:10]
+                raise ValueError(f"Budget.universe has duplicate ids: {dup}")
+            object.__setattr__(self, "universe", tuple(sorted(ids)))
+
+    @property
+    def screen_size(self) -> Optional[int]:
+        """Ids screened per position: ``None`` = the whole universe, 0 = none."""
+        if self.screen is True:
+            return None
+        if self.screen is False:
+            return 0
+        return int(self.screen)
+
+
+def _check_int(value: Any, name: str, what: str = "an integer") -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Budget.{name} must be {what}, got {type(value).__name__} {value!r}")
+
+
+# ---------------------------------------------------------------------- entry point
+def attribute_budgeted(
+    model: torch.nn.Module,
+    prompt_ids: Union[Sequence[int], torch.Tensor],
+    response_ids: Union[Sequence[int], torch.Tensor],
+    budget: Optional[Budget] = None,
+    positions: Optional[Sequence[int]] = None,
+    batch_size: Optional[int] = None,
+    *,
+    memory_budget_mb: Optional[float] = None,
+    use_cache: Optional[bool] = None,
+) -> AttributionResult:
+    """Budgeted attribution: same result fields as :func:`attribute`, plus standard errors.
+
+    Usually reached as ``attribute(model, prompt, response, candidates=Budget(...))``.
+
+    Returns
+    -------
+    AttributionResult
+        Estimates of every per-position quantity; ``stderr`` maps each of
+        ``attribution, log_numerator, log_denominator, entropy_prompt,
+        entropy_full, kl`` to its per-position standard error (0 where the
+        sums are exact). ``num_candidates`` is the universe size (with the
+        original token, largest over positions, as for exact scoring). ``info``
+        holds ``method="budgeted"``, the budget, ``token_forwards``,
+        ``exact_token_forwards`` (the cost of exact scoring over the same
+        universe), ``screen_token_forwards`` and per-position arrays
+        ``prior_mass_covered`` (share of the universe's prior mass in ``E``),
+        ``posterior_mass_covered`` (estimated share of ``N`` in ``E``),
+        ``num_exact``, ``num_sampled``, ``num_screened`` and ``exact_sums``
+        (True where every candidate was scored).
+    """
+    from probattr_monitor.engine.exact import (
+        DEFAULT_MEMORY_BUDGET_MB,
+        _declared_vocab_size,
+        _full_pass,
+        _with_original,
+        assemble_result,
+        candidate_scores,
+        response_log_prob,
+    )
+
+    if budget is None:
+        budget = Budget()
+    if not isinstance(budget, Budget):
+        raise TypeError(f"budget must be a Budget, got {type(budget).__name__}")
+    if memory_budget_mb is None:
+        memory_budget_mb = DEFAULT_MEMORY_BUDGET_MB
+    check_model(model)
+    prompt = as_id_list(prompt_ids, "prompt_ids")
+    response = as_id_list(response_ids, "response_ids")
+    pos = check_positions(positions, len(prompt))
+    bs = check_batch_size(batch_size)
+    if not memory_budget_mb or memory_budget_mb <= 0:
+        raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
+    declared = _declared_vocab_size(model)
+    if declared is not None:
+        check_in_vocab(prompt, declared, "prompt_ids")
+        check_in_vocab(response, declared, "response_ids")
+    check_context(model, len(prompt) + len(response))
+    started = time.perf_counter()
+    length = len(prompt) + len(response)
+    with scoring_mode(model):
+        runner = ModelRunner(model, int(memory_budget_mb * 2**20), use_cache=use_cache)
+        full = _full_pass(runner, prompt, response)
+        universe = check_candidates("all" if budget.universe is None else list(budget.universe), full.vocab_size)
+        log_p_response = response_log_prob(full, len(prompt), response)
+        stats, errs, extras = [], [], []
+        exact_cost = length
+        screen_cost = [0]
+        set_sizes = []
+        for k in pos:
+            k = int(k)
+            ids = _with_original(universe, prompt[k])
+            set_sizes.append(len(ids))
+            row_cost = length if runner.path == "full" else length - k
+            exact_cost += len(ids) * row_cost
+            before = runner.token_forwards
+            next_token = (prompt[k + 1 :] + response)[0]
+
+            def score_fn(cand, k=k):
+                return candidate_scores(runner, full, prompt, response, k, cand, bs)
+
+            def screen_fn(cand, k=k, next_token=next_token):
+                start = runner.token_forwards
+                out = _screen_log_probs(runner, full, prompt[:k], cand, next_token, bs)
+                screen_cost[0] += runner.token_forwards - start
+                return out
+
+            prior = full.log_probs[k - 1].numpy()[ids]
+            st, se, extra = estimate_position(k, ids, int(prompt[k]), prior, budget, score_fn, screen_fn,
+                                              log_p_response)
+            logger.debug("position %d: %d exact, %d sampled, %d token-forwards", k,
+                         extra["num_exact"], extra["num_sampled"], runner.token_forwards - before)
+            stats.append(st)
+            errs.append(se)
+            extras.append(extra)
+    per_pos = {name: np.array([e[name] for e in extras]) for name in extras[0]} if extras else {}
+    stderr = {name: np.array([e[i] for e in errs], dtype=np.float64) for i, name in enumerate(STDERR_FIELDS)}
+    info = {
+        "method": "budgeted",
+        "path": runner.path,
+        "budget": {
+            "max_candidates": budget.max_candidates,
+            "tail_samples": budget.tail_samples,
+            "nucleus": budget.nucleus,
+            "screen": budget.screen,
+            "seed": budget.seed,
+            "universe_size": None if budget.universe is None else len(budget.universe),
+        },
+        "token_forwards": runner.token_forwards,
+        "exact_token_forwards": int(exact_cost),
+        "screen_token_forwards": int(screen_cost[0]),
+        "forward_calls": runner.forward_calls,
+        "seconds": time.perf_counter() - started,
+        "num_candidates_per_position": set_sizes,
+        **per_pos,
+    }
+    return assemble_result(prompt, response, pos, stats, log_p_response, max(set_sizes), info, stderr=stderr)
+
+
+# ---------------------------------------------------------------------- one position
+def estimate_position(
+    k: int,
+    ids: np.ndarray,
+    original_id: int,
+    prior: np.ndarray,
+    budget: Budget,
+    score_fn,
+    screen_fn,
+    log_p_response: float,
+) -> tuple[PositionStats, np.ndarray, dict]:
+    """The budgeted estimate at one position, independent of how scores are computed.
+
+    Parameters
+    ----------
+    k : int
+        The position (seeds the sampler together with ``budget.seed``).
+    ids : numpy.ndarray
+        Sorted candidate universe (int64), holding ``original_id``.
+    original_id : int
+        ``x_k``.
+    prior : numpy.ndarray
+        ``log p(v | x_<k)`` aligned with ``ids``.
+    budget : Budget
+    score_fn : callable
+        ``score_fn(cand_ids) -> (a, b)``: exact ``a_k``, ``b_k`` of the given ids.
+    screen_fn : callable
+        ``screen_fn(cand_ids) -> log p(x_{k+1} | x_<k, v)`` of the given ids.
+    log_p_response : float
+
+    Returns
+    -------
+    (PositionStats, numpy.ndarray, dict)
+        The estimates, their standard errors in the order of
+        :data:`STDERR_FIELDS`, and per-position diagnostics.
+    """
+    n_u = len(ids)
+    original = int(np.searchsorted(ids, original_id))
+    extra = {"num_screened": 0}
+    if budget.max_candidates + budget.tail_samples >= n_u:
+        # the whole universe is scored: exact, no screening needed
+        a, b = score_fn(ids)
+        st = position_stats(ids, a, b, log_p_response)
+        extra.update(prior_mass_covered=1.0, posterior_mass_covered=1.0, num_exact=n_u,
+                     num_sampled=0, exact_sums=True)
+        return st, np.zeros(len(STDERR_FIELDS)), extra
+
+    # 1. screening scores (upper bounds of a_k and b_k)
+    score = prior.copy()
+    m = budget.screen_size
+    m = n_u if m is None else min(m, n_u)
+    if m > 0:
+        screened = np.lexsort((ids, -prior))[:m] if m < n_u else np.arange(n_u)
+        step = screen_fn(ids[screened])
+        score[screened] = prior[screened] + step
+        if m < n_u:
+            # ids left out of a partial screen: the screened ids' mean next-token
+            # probability stands in for theirs (keeps the proposal on one scale)
+            rest = np.ones(n_u, dtype=bool)
+            rest[screened] = False
+            score[rest] = prior[rest] + min(0.0, float(logsumexp(step) - np.log(m)))
+        extra["num_screened"] = int(m)
+
+    # 2. exact set: original, capped prior nucleus, top screening scores
+    in_e = np.zeros(n_u, dtype=bool)
+    in_e[original] = True
+    by_prior = np.lexsort((ids, -prior))
+    if budget.nucleus > 0:
+        mass = np.exp(prior[by_prior] - logsumexp(prior))
+        n_nuc = int(np.searchsorted(np.cumsum(mass), budget.nucleus * (1 - 1e-12))) + 1
+        cap = budget.max_candidates - 1 if m == 0 else (budget.max_candidates - 1) // 2
+        in_e[by_prior[: min(n_nuc, cap)]] = True
+    free = budget.max_candidates - int(in_e.sum())
+    if free > 0:
+        by_score = np.lexsort((ids, -score))
+        in_e[by_score[~in_e[by_score]][:free]] = True
+    exact_idx = np.flatnonzero(in_e)
+    tail_idx = np.flatnonzero(~in_e)
+
+    # 3. tail: priority sampling from the proposal
+    log_incl = np.zeros(0)
+    sample_idx = np.zeros(0, dtype=np.int64)
+    if budget.tail_samples > 0 and len(tail_idx) > 0:
+        log_w = _proposal(score[tail_idx], prior[tail_idx])
+        rng = np.random.default_rng([budget.seed, k])
+        u = 1.0 - rng.random(len(tail_idx))  # (0, 1]
+        log_r = log_w - np.log(u)
+        n = budget.tail_samples
+        order = np.lexsort((ids[tail_idx], -log_r))
+        if n >= len(tail_idx):
+            keep = order
+            log_incl = np.zeros(len(keep))
+        else:
+            keep = order[:n]
+            log_tau = log_r[order[n]]
+            log_incl = np.minimum(0.0, log_w[keep] - log_tau)
+        sample_idx = tail_idx[keep]
+    # sampled ids above the threshold were certain to be drawn: they join the exact part
+    certain = log_incl == 0.0
+    fixed_idx = np.concatenate([exact_idx, sample_idx[certain]])
+    random_idx = sample_idx[~certain]
+    scored = np.concatenate([fixed_idx, random_idx])
+    a_all, b_all = score_fn(ids[scored])
+    n_e = len(exact_idx)
+    exact_sums = len(sample_idx) == len(tail_idx) and bool(np.all(certain))
+    extra.update(num_exact=int(n_e), num_sampled=int(len(sample_idx)), exact_sums=exact_sums)
+    extra["prior_mass_covered"] = float(np.exp(logsumexp(prior[exact_idx]) - logsumexp(prior)))
+    if exact_sums:
+        order = np.argsort(ids[scored])
+        st = position_stats(ids[scored][order], a_all[order], b_all[order], log_p_response)
+        extra["posterior_mass_covered"] = float(np.exp(logsumexp(b_all[:n_e]) - st.log_numerator))
+        return st, np.zeros(len(STDERR_FIELDS)), extra
+
+    population = np.setdiff1d(tail_idx, sample_idx[certain], assume_unique=True)
+    st, se, post_cov = _tail_estimate(
+        ids[scored], a_all, b_all, len(fixed_idx), n_e, log_incl[~certain],
+        (score[fixed_idx], prior[fixed_idx]), (score[random_idx], prior[random_idx]),
+        (score[population], prior[population]), log_p_response,
+    )
+    if len(sample_idx) == 0:
+        se = np.full(len(STDERR_FIELDS), np.nan)  # tail ignored (tail_samples=0): error unknown
+    extra["posterior_mass_covered"] = post_cov
+    return st, se, extra
+
+
+def _proposal(score: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Log proposal weights over the tail: ``(1 - PRIOR_MIX) softmax(score) + PRIOR_MIX softmax(prior)``."""
+    return np.logaddexp(
+        np.log1p(-PRIOR_MIX) + score - logsumexp(score),
+        np.log(PRIOR_MIX) + prior - logsumexp(prior),
+    )
+
+
+def _tail_estimate(cand, a, b, n_fixed, n_exact, log_incl, s_fixed, s_random, s_population, log_p_response):
+    """Sums over the fixed ids + a regression estimate of the sampled tail; delta-method errors.
+
+    ``a``, ``b`` hold ``n_fixed`` ids scored with weight 1 first (the exact set,
+    its first ``n_exact``, then the ids sampled with certainty), then the ids
+    sampled at random with log inclusion probabilities ``log_incl`` from the
+    population described by ``s_population`` (``s_fixed``, ``s_random`` for
+    the scored ones).
+
+    Each of the five tail sums is the generalised regression (GREG) estimate:
+    the Horvitz-Thompson sum corrected by the controls
+    ``x = (e^s, e^s s, e^prior, e^prior prior)`` (fewer for small samples),
+    whose totals over the population are known, with coefficients fitted on
+    the sample (weights ``1 / (pi e^s)``; with ``e^s`` alone this is the ratio
+    estimator). ``s_*`` are ``(screening score, log prior)`` pairs of arrays.
+    ``a - s`` varies little between candidates, so the controls
+    absorb most of the sampling noise, including that of the priority
+    threshold. The covariance is model-assisted: the residuals relative to
+    ``e^s`` are pooled over every scored id (fixed ones included), so a sample
+    that happened to miss the rare large residuals does not report a tiny
+    error. Without enough samples for the regression it is the plain
+    Horvitz-Thompson estimate and its design covariance.
+    """
+    ca, cb = float(a.max()), float(b.max())
+    ea, eb = np.exp(a - ca), np.exp(b - cb)
+    # the five sums, per item: D, N, sum e^a a, sum e^b b, sum e^b (b - a) (shifted)
+    f = np.stack([ea, eb, ea * (a - ca), eb * (b - cb), eb * (b - a)], axis=1)
+    fixed, fr = f[:n_fixed].sum(axis=0), f[n_fixed:]
+    inv_p = np.exp(-log_incl)
+    n_r = len(fr)
+    # regression controls, as many as the sample supports
+    n_ctrl = min(_MAX_CTRL, 4 if n_r >= 16 else (2 if n_r >= 8 else (1 if n_r >= 3 else 0)))
+    xr = x_total = None
+    if n_ctrl:
+        cs = float(s_population[0].max())
+        cp = float(s_population[1].max())
+
+        def controls(sp):
+            score, prior = sp
+            x1 = np.exp(score - cs)
+            x3 = np.exp(prior - cp)
+            return np.stack([x1, x1 * (score - cs), x3, x3 * (prior - cp)], axis=1)[:, :n_ctrl]
+
+        xr = controls(s_random)
+        x_total = controls(s_population).sum(axis=0)
+    t = _tail_totals(fixed, fr, inv_p, xr, x_total)
+    q = _quantities(t, ca, cb)
+    if _POOL == "jack" and n_r >= 2:
+        reps = []
+        keep = np.ones(n_r, dtype=bool)
+        for i in range(n_r):
+            keep[i] = False
+            w = inv_p[keep] * (n_r / (n_r - 1))
+            reps.append(_quantities(_tail_totals(fixed, fr[keep], w, None if xr is None else xr[keep], x_total),
+                                    ca, cb))
+            keep[i] = True
+        reps = np.array(reps)
+        se_q = np.sqrt((n_r - 1) / n_r * ((reps - reps.mean(axis=0)) ** 2).sum(axis=0))
+        if _GAMMA:
+            # floor: the whole tail off by a common factor 1 +- 1/sqrt(n)
+            step = (t - fixed) * (_GAMMA / np.sqrt(n_r))
+            up, down = _quantities(t + step, ca, cb), _quantities(np.maximum(t - step, fixed), ca, cb)
+            se_q = np.sqrt(se_q**2 + ((up - down) / 2) ** 2)
+    else:
+        se_q = np.full(len(q), np.nan)
+    log_n, log_d, ent_p, ent_q, kl, _ = q
+    # STDERR_FIELDS order: attribution, log_numerator, log_denominator, entropy_prompt, entropy_full, kl
+    se = np.array([se_q[5], se_q[0], se_q[1], se_q[2], se_q[3], se_q[4]])
+    t0, t1 = t[0], t[1]
+    prior_ids, prior_probs = top_k(cand, a - log_d)
+    post_ids, post_probs = top_k(cand, b - log_n)
+    st = PositionStats(
+        log_numerator=float(log_n),
+        log_denominator=float(log_d),
+        attribution=float(log_p_response - (log_n - log_d)),
+        entropy_prompt=float(ent_p),
+        entropy_full=float(ent_q),
+        kl=float(kl),
+        top_prior_ids=prior_ids,
+        top_prior_probs=prior_probs,
+        top_posterior_ids=post_ids,
+        top_posterior_probs=post_probs,
+    )
+    post_cov = float(min(1.0, eb[:n_exact].sum() / t1))
+    return st, se, post_cov
+
+
+
+def _tail_totals(fixed, fr, inv_p, xr, x_total):
+    """The five sums: fixed part + GREG (or, failing that, Horvitz-Thompson) estimate of the tail."""
+    t_ht = fixed + (fr * inv_p[:, None]).sum(axis=0)
+    if xr is None or len(fr) <= xr.shape[1]:
+        return t_ht
+    fit_w = inv_p / np.maximum(xr[:, 0], 1e-300)
+    gram = (xr * fit_w[:, None]).T @ xr
+    try:
+        coef = np.linalg.solve(gram, (xr * fit_w[:, None]).T @ fr)
+    except np.linalg.LinAlgError:
+        return t_ht
+    t = t_ht + (x_total - (xr * inv_p[:, None]).sum(axis=0)) @ coef
+    if not (np.isfinite(t).all() and t[0] > 0 and t[1] > 0):
+        return t_ht
+    return t
+
+
+def _quantities(t, ca, cb):
+    """``(log N, log D, H, H', KL, log D - log N)`` from the five (shifted) sums."""
+    t0, t1, t2, t3, t4 = t
+    log_d = ca + np.log(t0)
+    log_n = cb + np.log(t1)
+    ent_p = max(0.0, np.log(t0) - t2 / t0)
+    ent_q = max(0.0, np.log(t1) - t3 / t1)
+    kl = max(0.0, t4 / t1 - np.log(t1) + np.log(t0) + ca - cb)
+    return np.array([log_n, log_d, ent_p, ent_q, kl, log_d - log_n])
+
+
+# ---------------------------------------------------------------------- screening
+def _screen_log_probs(
+    runner: ModelRunner,
+    full: FullPass,
+    prefix_ids: list,
+    first_tokens: np.ndarray,
+    next_token: int,
+    batch_size: Optional[int],
+) -> np.ndarray:
+    """``log p(next_token | x_<k, v)`` for every ``v`` in ``first_tokens`` (one token forward each).
+
+    Uses the prefix KV cache of ``full`` (cropped to ``k``) like
+    :meth:`ModelRunner.suffix_log_probs`, but forwards only ``v``; without a
+    cache each row is the full ``x_<k, v``.
+    """
+    k = len(prefix_ids)
+    bs = batch_size or runner.default_batch_size(k, 1, full.vocab_size)
+    target = torch.tensor([next_token], dtype=torch.long, device=runner.device)
+    out = np.empty(len(first_tokens), dtype=np.float64)
+    for start in range(0, len(first_tokens), bs):
+        chunk = torch.from_numpy(np.ascontiguousarray(first_tokens[start : start + bs])).to(runner.device)
+        batch = int(chunk.shape[0])
+        if runner.path == "full":
+            prefix = torch.tensor(prefix_ids, dtype=torch.long, device=runner.device).expand(batch, k)
+            x = torch.cat([prefix, chunk[:, None]], dim=1)
+            res, _ = runner._call_model(x, want_cache=False)
+            states = _get_logits(res, x.shape)[:, k : k + 1]
+            from_hidden = False
+            runner.token_forwards += batch * (k + 1)
+        else:
+            cache = _prefix_cache(full.kv, k, batch, runner._config)
+            suffix = chunk[:, None]
+            if runner.path == "cache+head":
+                states = runner._decoder(input_ids=suffix, past_key_values=cache, use_cache=True).last_hidden_state
+                from_hidden = True
+            else:
+                res = runner.model(input_ids=suffix, past_key_values=cache, use_cache=True)
+                states = _get_logits(res, suffix.shape)
+                from_hidden = False
+            runner.token_forwards += batch
+        runner.forward_calls += 1
+        out[start : start + batch] = runner._target_log_probs(states, target, from_hidden=from_hidden)[:, 0].numpy()
+    if not np.isfinite(out).all():
+        raise ValueError(f"non-finite screening scores at position {k}")
+    return out
