@@ -78,7 +78,7 @@ MEMORY_BYTES = 1024 * 2**20
 #: Budget settings per model (the cost ratio depends on the universe size and suffix lengths).
 DEFAULT_BUDGETS = {
     "small": ("mc=16,ts=64,screen=512", "mc=8,ts=40,screen=all", "mc=64,ts=64,screen=all"),
-    "smollm2": ("mc=8,ts=32,screen=64", "mc=16,ts=48,screen=128", "mc=64,ts=64,screen=all"),
+    "smollm2": ("mc=8,ts=32,screen=64", "mc=8,ts=32,screen=all", "mc=64,ts=64,screen=all"),
 }
 
 

@@ -282,3 +282,26 @@ def test_screen_is_the_first_suffix_step_and_an_upper_bound(name):
     np.testing.assert_allclose(screen, first, atol=1e-5)
     s = full.log_probs[k - 1].numpy() + screen
     assert np.all(a <= s + 1e-5) and np.all(b <= a + 1e-9)
+
+
+# ---------------------------------------------------------------------- real model
+@pytest.mark.slow
+def test_smollm2_budgeted_close_to_exact_over_a_universe():
+    """SmolLM2 over a 256-id universe: the estimate at ~1/4 of the cost is close to exact."""
+    pytest.importorskip("gguf")
+    from probattr_monitor.engine.text import encode_prompt
+    from probattr_monitor.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer("smollm2")
+    prompt = encode_prompt(tok, "The cat sat on the mat because it was tired.")
+    response = tok(" It slept.", add_special_tokens=False)["input_ids"]
+    universe = sorted(set(range(0, 49_152, 193)) | set(prompt))
+    positions = [2, len(prompt) - 2]
+    exact = attribute(model, prompt, response, candidates=universe, positions=positions)
+    est = attribute(model, prompt, response, positions=positions,
+                    candidates=Budget(max_candidates=16, tail_samples=32, screen=64, universe=universe))
+    assert est.info["token_forwards"] * 3 < exact.info["token_forwards"]
+    assert est.info["exact_token_forwards"] == exact.info["token_forwards"]
+    err = np.abs(est.attribution - exact.attribution)
+    assert np.all(err < 0.1) and np.all(err <= 4 * est.stderr["attribution"] + 1e-6)
+    assert est.info["path"] == "cache+head"

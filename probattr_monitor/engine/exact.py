@@ -14,13 +14,9 @@ from probattr_monitor.engine.result import AttributionResult
 from probattr_monitor.engine.runner import FullPass, ModelRunner
 from probattr_monitor.engine.stats import PositionStats, position_stats
 from probattr_monitor.engine.validation import (
-    as_id_list,
-    check_batch_size,
     check_candidates,
-    check_context,
     check_in_vocab,
-    check_model,
-    check_positions,
+    validate_request,
 )
 
 logger = logging.getLogger(__name__)
@@ -90,18 +86,8 @@ def attribute(
         For bad input, naming the problem: empty or out-of-vocabulary ids, bad
         positions or candidates, a model that is not a causal LM, non-finite logits.
     """
-    check_model(model)
-    prompt = as_id_list(prompt_ids, "prompt_ids")
-    response = as_id_list(response_ids, "response_ids")
-    pos = check_positions(positions, len(prompt))
-    bs = check_batch_size(batch_size)
-    if not memory_budget_mb or memory_budget_mb <= 0:
-        raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
-    declared = _declared_vocab_size(model)
-    if declared is not None:
-        check_in_vocab(prompt, declared, "prompt_ids")
-        check_in_vocab(response, declared, "response_ids")
-    check_context(model, len(prompt) + len(response))
+    prompt, response, pos, bs = validate_request(model, prompt_ids, response_ids, positions, batch_size,
+                                                 memory_budget_mb)
     from probattr_monitor.engine.budgeted import Budget, attribute_budgeted
 
     if isinstance(candidates, Budget):
@@ -129,20 +115,6 @@ def attribute(
         "num_candidates_per_position": set_sizes,
     }
     return assemble_result(prompt, response, pos, stats, log_p_response, max(set_sizes), info)
-
-
-def _declared_vocab_size(model: torch.nn.Module) -> Optional[int]:
-    """Vocabulary size the model declares (embedding rows), checked before any forward."""
-    get_in = getattr(model, "get_input_embeddings", None)
-    if callable(get_in):
-        try:
-            emb = get_in()
-        except (NotImplementedError, AttributeError):
-            emb = None
-        if isinstance(emb, torch.nn.Embedding):
-            return int(emb.num_embeddings)
-    size = getattr(getattr(model, "config", None), "vocab_size", None)
-    return int(size) if isinstance(size, int) else None
 
 
 def _full_pass(runner: ModelRunner, prompt: list[int], response: list[int]) -> FullPass:

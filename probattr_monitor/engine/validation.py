@@ -151,3 +151,42 @@ def check_context(model: Any, length: int) -> None:
         raise ValueError(
             f"prompt + response is {length} tokens, longer than the model's context window of {limit} positions"
         )
+
+
+def declared_vocab_size(model: Any) -> Optional[int]:
+    """Vocabulary size the model declares (embedding rows), checked before any forward."""
+    get_in = getattr(model, "get_input_embeddings", None)
+    if callable(get_in):
+        try:
+            emb = get_in()
+        except (NotImplementedError, AttributeError):
+            emb = None
+        if isinstance(emb, torch.nn.Embedding):
+            return int(emb.num_embeddings)
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def validate_request(
+    model: Any, prompt_ids: Any, response_ids: Any, positions: Any, batch_size: Any, memory_budget_mb: Any
+) -> tuple[list[int], list[int], np.ndarray, Optional[int]]:
+    """Every check of an attribution request that needs no forward pass.
+
+    Returns
+    -------
+    (prompt, response, positions, batch_size)
+        Ids as ``list[int]``, sorted positions, and the batch size or ``None``.
+    """
+    check_model(model)
+    prompt = as_id_list(prompt_ids, "prompt_ids")
+    response = as_id_list(response_ids, "response_ids")
+    pos = check_positions(positions, len(prompt))
+    bs = check_batch_size(batch_size)
+    if not memory_budget_mb or memory_budget_mb <= 0:
+        raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
+    declared = declared_vocab_size(model)
+    if declared is not None:
+        check_in_vocab(prompt, declared, "prompt_ids")
+        check_in_vocab(response, declared, "response_ids")
+    check_context(model, len(prompt) + len(response))
+    return prompt, response, pos, bs
