@@ -11,15 +11,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from probattr_monitor.engine.exact import attribute
 from probattr_monitor.engine.result import AttributionResult
-from probattr_monitor.engine.text import DECODINGS, make_response
+from probattr_monitor.engine.text import DECODINGS, make_response, with_token_texts
 from probattr_monitor.engine.validation import context_limit
 from probattr_monitor.probes import Probe, ProbeSet, render
 from probattr_monitor.report import NoiseConfig, Report
-from probattr_monitor.tokenization import special_ids, token_texts
 
 logger = logging.getLogger(__name__)
 
@@ -137,13 +135,7 @@ def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig)
         )
     res = attribute(model, rendered.ids, response_ids, candidates=config.candidates,
                     batch_size=config.batch_size, memory_budget_mb=config.memory_budget_mb)
-    specials = special_ids(tokenizer)
-    res = dataclasses.replace(
-        res,
-        token_texts=tuple(token_texts(tokenizer, res.token_ids)),
-        is_special=np.array([int(t) in specials for t in res.token_ids], dtype=bool),
-        response_text=tokenizer.decode(list(response_ids)),
-    )
+    res = with_token_texts(res, tokenizer, decoding=config.decoding if probe.response is None else "given")
     return ProbeScore(probe.id, res, tuple(rendered.template_mask), None, time.perf_counter() - started)
 
 

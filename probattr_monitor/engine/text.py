@@ -99,12 +99,20 @@ def attribute_text(
         response_ids = [int(t) for t in response]
     res = attribute(model, prompt_ids, response_ids, candidates=candidates, positions=positions,
                     batch_size=batch_size, **engine_kwargs)
+    return with_token_texts(res, tokenizer, decoding=decoding if response is None else "given")
+
+
+def with_token_texts(res: AttributionResult, tokenizer: Any, decoding: Optional[str] = None) -> AttributionResult:
+    """``res`` with token texts, special-token flags and the decoded response filled in.
+
+    ``decoding``, when given, is recorded in ``info["decoding"]``.
+    """
     specials = special_ids(tokenizer)
-    info = dict(res.info, decoding=decoding if response is None else "given")
+    info = dict(res.info) if decoding is None else dict(res.info, decoding=decoding)
     return dataclasses.replace(
         res,
         token_texts=tuple(token_texts(tokenizer, res.token_ids)),
         is_special=np.array([int(t) in specials for t in res.token_ids], dtype=bool),
-        response_text=tokenizer.decode(list(response_ids)),
+        response_text=tokenizer.decode(list(res.response_ids)),
         info=info,
     )
