@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 _FLOAT32_BYTES = 4
 
+#: Logits chunk of the LM head: small enough to stay in cache while it is reduced.
+HEAD_CHUNK_BYTES = 64 * 2**20
+
 
 @dataclass
 class FullPass:
@@ -200,23 +203,36 @@ class ModelRunner:
         return self._target_log_probs(states, targets, from_hidden=from_hidden)
 
     def _target_log_probs(self, states: torch.Tensor, targets: torch.Tensor, from_hidden: bool) -> torch.Tensor:
-        """``log_softmax(logits)[target]`` per row, in vocabulary chunks of rows."""
+        """``log_softmax(logits)[target]`` per row, in chunks of rows.
+
+        Each chunk's logits are reduced in place (max, ``exp``, sum) while they
+        are still in cache; no ``[batch, length, vocab]`` tensor exists at once.
+        Non-finite logits are detected without an extra pass over them: a NaN
+        or ``+inf`` anywhere in a row makes its log-normaliser non-finite, and a
+        non-finite target logit shows in the result.
+        """
         batch, n_rows, width = states.shape
         flat = states.reshape(batch * n_rows, width)
-        flat_targets = targets.expand(batch, n_rows).reshape(-1)
+        flat_targets = targets.to(flat.device).expand(batch, n_rows).reshape(-1)
         vocab = self._head.out_features if from_hidden else width
-        rows_per_chunk = max(1, self.memory_budget_bytes // (4 * vocab * _FLOAT32_BYTES))
+        rows_per_chunk = max(1, min(HEAD_CHUNK_BYTES, self.memory_budget_bytes // 4) // (vocab * _FLOAT32_BYTES))
         out = torch.empty(flat.shape[0], dtype=torch.float64)
         for start in range(0, flat.shape[0], rows_per_chunk):
-            chunk = flat[start : start + rows_per_chunk]
-            logits = self._head(chunk) if from_hidden else chunk
-            if not torch.isfinite(logits).all():
-                _check_finite(logits, "a candidate forward pass")
+            stop = min(start + rows_per_chunk, flat.shape[0])
+            logits = self._head(flat[start:stop]) if from_hidden else flat[start:stop]
             if logits.dtype in (torch.float16, torch.bfloat16):
                 logits = logits.float()
-            lse = torch.logsumexp(logits, dim=-1)
-            tgt = logits.gather(1, flat_targets[start : start + rows_per_chunk, None].to(logits.device))[:, 0]
-            out[start : start + chunk.shape[0]] = (tgt.double() - lse.double()).cpu()
+            elif not from_hidden:
+                logits = logits.clone()  # the model's own logits: reduce a copy, not them
+            tgt = logits.gather(1, flat_targets[start:stop, None])[:, 0].double()
+            top = logits.amax(dim=-1, keepdim=True)
+            lse = logits.sub_(top).exp_().sum(dim=-1).double().log_() + top[:, 0].double()
+            if not (torch.isfinite(lse).all() and torch.isfinite(tgt).all()):
+                raise ValueError(
+                    "the model produced non-finite (NaN or inf) logits in a candidate forward pass; "
+                    "attribution is undefined for a diverged model"
+                )
+            out[start:stop] = (tgt - lse).cpu()
         return out.reshape(batch, n_rows)
 
 
