@@ -125,7 +125,7 @@ def main() -> None:
         shapes = []
         for k in positions:
             n_cand = len(np.union1d(cand_base, [prompt[k]]))
-            shapes.append((n_cand, n + m - k))
+            shapes.append((n_cand, n + m - k - 1))  # what the engine feeds: v, x_>k, y without y_m
 
         def engine(use_cache=None):
             return attribute(model, prompt, response, candidates=cand_base.tolist(), positions=positions,

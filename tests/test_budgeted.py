@@ -238,7 +238,7 @@ def test_cost_accounting(gpt2_case, screen):
     length = len(prompt) + len(response)
     screened = {True: vocab, 20: 20, False: 0}[screen]
     expected = length + sum(
-        screened + (e + s) * (length - k)
+        screened + (e + s) * (length - k - 1)
         for k, e, s in zip(res.positions, res.info["num_exact"], res.info["num_sampled"])
     )
     assert res.info["token_forwards"] == expected

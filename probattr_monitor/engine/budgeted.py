@@ -65,7 +65,7 @@ from scipy.special import logsumexp
 
 from probattr_monitor.engine.modes import scoring_mode
 from probattr_monitor.engine.result import AttributionResult
-from probattr_monitor.engine.runner import FullPass, ModelRunner, _get_logits, _prefix_cache
+from probattr_monitor.engine.runner import FullPass, ModelRunner
 from probattr_monitor.engine.stats import PositionStats, position_stats, top_k
 from probattr_monitor.engine.validation import as_id_list, check_candidates, validate_request
 
@@ -124,12 +124,12 @@ class Budget:
     ``L = len(prompt) + len(response)``, ``U_k`` the universe at position ``k``
     and ``S_k`` the screened ids (``|U_k|`` for ``screen=True``)::
 
-        budgeted ≈ L + sum_k [ |S_k| + (|E_k| + tail_samples) * (L - k) ]
-        exact    =  L + sum_k  |U_k| * (L - k)
+        budgeted ≈ L + sum_k [ |S_k| + (|E_k| + tail_samples) * (L - k - 1) ]
+        exact    =  L + sum_k  |U_k| * (L - k - 1)
 
     (``|E_k| <= max_candidates``; on models without a KV cache every forward
-    row costs ``L`` instead of ``L - k`` and a screening row ``k + 1``.) The
-    screen costs ``1 / (L - k)`` of exact scoring at position ``k``, so the
+    row costs ``L - 1`` instead of ``L - k - 1`` and a screening row ``k + 1``.) The
+    screen costs ``1 / (L - k - 1)`` of exact scoring at position ``k``, so the
     cheapest useful settings for long suffixes are ``screen=True``; close to
     the end of the prompt a partial screen (``screen=m``) keeps the cost down.
     ``info["exact_token_forwards"]`` reports what exact scoring would have cost.
@@ -268,7 +268,7 @@ def attribute_budgeted(
             k = int(k)
             ids = _with_original(universe, prompt[k])
             set_sizes.append(len(ids))
-            row_cost = length if runner.path == "full" else length - k
+            row_cost = length - 1 if runner.path == "full" else length - k - 1
             exact_cost += len(ids) * row_cost
             before = runner.token_forwards
             next_token = (prompt[k + 1 :] + response)[0]
@@ -600,31 +600,10 @@ def _screen_log_probs(
     """
     k = len(prefix_ids)
     bs = batch_size or runner.default_batch_size(k, 1, full.vocab_size)
-    target = torch.tensor([next_token], dtype=torch.long, device=runner.device)
     out = np.empty(len(first_tokens), dtype=np.float64)
     for start in range(0, len(first_tokens), bs):
-        chunk = torch.from_numpy(np.ascontiguousarray(first_tokens[start : start + bs])).to(runner.device)
-        batch = int(chunk.shape[0])
-        if runner.path == "full":
-            prefix = torch.tensor(prefix_ids, dtype=torch.long, device=runner.device).expand(batch, k)
-            x = torch.cat([prefix, chunk[:, None]], dim=1)
-            res, _ = runner._call_model(x, want_cache=False)
-            states = _get_logits(res, x.shape)[:, k : k + 1]
-            from_hidden = False
-            runner.token_forwards += batch * (k + 1)
-        else:
-            cache = _prefix_cache(full.kv, k, batch, runner._config)
-            suffix = chunk[:, None]
-            if runner.path == "cache+head":
-                states = runner._decoder(input_ids=suffix, past_key_values=cache, use_cache=True).last_hidden_state
-                from_hidden = True
-            else:
-                res = runner.model(input_ids=suffix, past_key_values=cache, use_cache=True)
-                states = _get_logits(res, suffix.shape)
-                from_hidden = False
-            runner.token_forwards += batch
-        runner.forward_calls += 1
-        out[start : start + batch] = runner._target_log_probs(states, target, from_hidden=from_hidden)[:, 0].numpy()
+        chunk = torch.from_numpy(np.ascontiguousarray(first_tokens[start : start + bs]))
+        out[start : start + len(chunk)] = runner.suffix_log_probs(full, prefix_ids, chunk, [next_token])[:, 0].numpy()
     if not np.isfinite(out).all():
         raise ValueError(f"non-finite screening scores at position {k}")
     return out

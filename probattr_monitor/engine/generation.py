@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from probattr_monitor.engine.modes import scoring_mode
+from probattr_monitor.engine.runner import cache_keyword, output_cache
 
 logger = logging.getLogger(__name__)
 
@@ -16,13 +17,13 @@ logger = logging.getLogger(__name__)
 def _next_logits(model, ids: torch.Tensor, cache):
     """Logits for the last position, reusing ``cache`` when the model supports it."""
     if cache is not None:
-        out = model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True)
+        out = model(input_ids=ids[:, -1:], use_cache=True, **{cache_keyword(model): cache})
     else:
         try:
             out = model(input_ids=ids, use_cache=True)
         except TypeError:
             out = model(ids)
-    new_cache = getattr(out, "past_key_values", None)
+    new_cache = output_cache(out)
     return out.logits[:, -1, :].float(), new_cache
 
 

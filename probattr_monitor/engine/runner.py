@@ -22,6 +22,7 @@ choosing the cheapest path the model supports:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -103,7 +104,7 @@ class ModelRunner:
             except TypeError:
                 out = self.model(x)
                 return out, None
-            return out, getattr(out, "past_key_values", None)
+            return out, output_cache(out)
         try:
             out = self.model(input_ids=x, use_cache=False)
         except TypeError:
@@ -175,32 +176,37 @@ class ModelRunner:
             ``[B, len(rest)]`` float64: ``log p(rest[t] | x_<k, v, rest[:t])``.
         """
         batch = int(first_tokens.shape[0])
-        k = len(prefix_ids)
-        suffix = torch.empty((batch, 1 + len(rest)), dtype=torch.long, device=self.device)
-        suffix[:, 0] = first_tokens.to(self.device)
-        suffix[:, 1:] = torch.tensor(rest, dtype=torch.long, device=self.device)
-        targets = suffix[0, 1:]
         n_rows = len(rest)
+        # the last token of ``rest`` is only predicted, never fed: its output would go unused
+        suffix = torch.empty((batch, n_rows), dtype=torch.long, device=self.device)
+        suffix[:, 0] = first_tokens.to(self.device)
+        suffix[:, 1:] = torch.tensor(rest[:-1], dtype=torch.long, device=self.device)
+        targets = torch.tensor(rest, dtype=torch.long, device=self.device)
+        states, from_hidden = self._suffix_states(full, prefix_ids, suffix)
+        return self._target_log_probs(states, targets, from_hidden=from_hidden)
+
+    def _suffix_states(self, full: FullPass, prefix_ids: list[int], suffix: torch.Tensor):
+        """The model's outputs at every position of ``suffix`` ``[B, S]``, after the prefix.
+
+        Returns ``(states, from_hidden)``: ``[B, S, hidden]`` decoder states to be
+        put through the LM head (``cache+head``), or ``[B, S, V]`` logits.
+        """
+        batch, length = suffix.shape
+        k = len(prefix_ids)
+        self.forward_calls += 1
         if self.path == "full":
             prefix = torch.tensor(prefix_ids, dtype=torch.long, device=self.device).expand(batch, k)
             x = torch.cat([prefix, suffix], dim=1)
             out, _ = self._call_model(x, want_cache=False)
-            logits = _get_logits(out, x.shape)[:, k : k + n_rows]
             self.token_forwards += batch * x.shape[1]
-            self.forward_calls += 1
-            return self._target_log_probs(logits, targets, from_hidden=False)
+            return _get_logits(out, x.shape)[:, k:], False
         cache = _prefix_cache(full.kv, k, batch, self._config)
+        self.token_forwards += batch * length
         if self.path == "cache+head":
-            hidden = self._decoder(input_ids=suffix, past_key_values=cache, use_cache=True).last_hidden_state
-            states = hidden[:, :n_rows]
-            from_hidden = True
-        else:
-            out = self.model(input_ids=suffix, past_key_values=cache, use_cache=True)
-            states = _get_logits(out, suffix.shape)[:, :n_rows]
-            from_hidden = False
-        self.token_forwards += batch * suffix.shape[1]
-        self.forward_calls += 1
-        return self._target_log_probs(states, targets, from_hidden=from_hidden)
+            kwargs = {cache_keyword(self._decoder): cache}
+            return self._decoder(input_ids=suffix, use_cache=True, **kwargs).last_hidden_state, True
+        out = self.model(input_ids=suffix, use_cache=True, **{cache_keyword(self.model): cache})
+        return _get_logits(out, suffix.shape), False
 
     def _target_log_probs(self, states: torch.Tensor, targets: torch.Tensor, from_hidden: bool) -> torch.Tensor:
         """``log_softmax(logits)[target]`` per row, in chunks of rows.
@@ -237,6 +243,28 @@ class ModelRunner:
 
 
 # ---------------------------------------------------------------------- helpers
+def cache_keyword(module: torch.nn.Module) -> str:
+    """The keyword under which ``module.forward`` takes a KV cache.
+
+    ``cache`` in recent transformers (which deprecate ``past_key_values``),
+    ``past_key_values`` before.
+    """
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward returned (``out.cache`` or, in older transformers, ``out.past_key_values``)."""
+    for name in ("cache", "past_key_values"):
+        value = out.get(name) if isinstance(out, dict) else getattr(out, name, None)
+        if value is not None:
+            return value
+    return None
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
