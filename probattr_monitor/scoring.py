@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
+from probattr_monitor.engine.budgeted import Budget
 from probattr_monitor.engine.exact import attribute
 from probattr_monitor.engine.result import AttributionResult
 from probattr_monitor.engine.text import DECODINGS, make_response, with_token_texts
@@ -30,8 +31,12 @@ class ScoringConfig:
 
     Parameters
     ----------
-    candidates : "all", sequence of int, or Budget
-        Passed to :func:`probattr_monitor.attribute`.
+    candidates : Budget, "all", or sequence of int
+        Passed to :func:`probattr_monitor.attribute`. Default: ``Budget()``,
+        the budgeted estimator with its default settings (exact scoring when
+        the budget covers the whole vocabulary, as for tiny models);
+        ``"all"`` is the paper-exact sum over the vocabulary, at
+        ``|V|`` candidate passes per position.
     decoding : {"greedy", "top-p"}
         How the model's own response is generated for probes without a fixed one.
     max_new_tokens : int
@@ -47,7 +52,7 @@ class ScoringConfig:
         Bootstrap settings of the set-level confidence intervals.
     """
 
-    candidates: Candidates = "all"
+    candidates: Candidates = Budget()
     decoding: str = "greedy"
     max_new_tokens: int = 20
     top_p: float = 0.9

@@ -18,11 +18,13 @@ import pytest
 import torch
 
 from probattr_monitor.cli import main
-from probattr_monitor.cli.candidates import CandidateSpec, evenly_spaced_ids, parse_candidates
+from probattr_monitor.cli.candidates import CandidateSpec, parse_candidates
 from probattr_monitor.cli.checkpoint import detect_prefix
 from probattr_monitor.cli.errors import CLIError
 from probattr_monitor.probes import load_probe_set
+from probattr_monitor.engine.budgeted import Budget
 from probattr_monitor.report import Report
+from probattr_monitor.scoring import ScoringConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,7 +119,7 @@ def test_help_mentions_every_subcommand(capsys):
     assert code == 0
     for cmd in ("score", "compare", "select", "probes"):
         assert cmd in out
-    for cmd, words in (("score", ["--candidates", "--decoding", "--config", "--trust-remote-code", "linspace"]),
+    for cmd, words in (("score", ["--candidates", "--decoding", "--config", "--trust-remote-code", "budgeted estimator"]),
                        ("compare", ["--plot", "--json"]), ("select", ["--metric", "--max", "--mode"])):
         code, out, _ = _run(capsys, cmd, "--help")
         assert code == 0
@@ -243,7 +245,7 @@ def test_score_lightning_checkpoint_with_config(files, scored, capsys, tmp_path)
     assert report.meta["model"]["kind"] == "checkpoint"
     assert report.meta["model"]["state_dict_prefix"] == "model."
     assert report.meta["model"]["global_step"] == 7
-    assert report.meta["candidates_spec"]["kind"] in ("evenly-spaced", "budget")
+    assert report.meta["candidates_spec"]["kind"] == "budget"
     assert report.metrics.n_tokens > 0
 
     # different probe sets: compared, with a warning and without the paired test
@@ -339,6 +341,7 @@ def test_compare_and_select_need_report_dirs(capsys, tmp_path):
 
 def test_parse_candidates(tmp_path):
     assert parse_candidates("all") == CandidateSpec("all")
+    assert parse_candidates(" Budget") == CandidateSpec("budget")
     assert parse_candidates("12") == CandidateSpec("count", count=12)
     assert parse_candidates("3, 1,2") == CandidateSpec("ids", ids=(3, 1, 2), source="list")
     ids = tmp_path / "ids.txt"
@@ -353,11 +356,10 @@ def test_parse_candidates(tmp_path):
         parse_candidates("1,500").resolve(100)
 
 
-def test_count_candidates_evenly_spaced(monkeypatch):
-    import probattr_monitor.cli.candidates as cand
-
-    monkeypatch.setattr(cand, "budget_class", lambda: None)
-    assert evenly_spaced_ids(5, 101) == [0, 25, 50, 75, 100]
-    ids, meta = parse_candidates("5").resolve(101)
-    assert ids == [0, 25, 50, 75, 100] and meta["kind"] == "evenly-spaced"
-    assert parse_candidates("500").resolve(101)[0] == "all"
+def test_count_and_budget_candidates_resolve_to_budgets():
+    """'budget' is the default Budget (the monitor's default too); N sets max_candidates; both seeded."""
+    budget, meta = parse_candidates("budget").resolve(101, seed=4)
+    assert budget == Budget(seed=4) and meta["kind"] == "budget"
+    budget, meta = parse_candidates("5").resolve(101, seed=4)
+    assert budget == Budget(max_candidates=5, seed=4) and meta["max_candidates"] == 5
+    assert ScoringConfig().candidates == Budget()

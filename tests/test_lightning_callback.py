@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from lit_helpers import (  # noqa: E402
     write_probes,
 )
 from probattr_monitor.callbacks import ProbAttrCallback  # noqa: E402
+from probattr_monitor.engine.budgeted import Budget  # noqa: E402
 from probattr_monitor.callbacks.lightning import logged_keys  # noqa: E402
 from probattr_monitor.monitor import ProbAttrMonitor, Schedule  # noqa: E402
 from probattr_monitor.sinks import read_history  # noqa: E402
@@ -92,13 +94,20 @@ def csv_rows(trainer):
 # ----------------------------------------------------------------------------- never disturbing training
 
 
-def test_weights_bit_identical_with_and_without_callback(tok, probes, tmp_path):
+@pytest.mark.parametrize("budgeted", [False, True], ids=["exact", "budgeted"])
+def test_weights_bit_identical_with_and_without_callback(tok, probes, tmp_path, budgeted):
+    """Scoring never disturbs training, exact or budgeted (the tail sampler draws from its own RNG)."""
+    scoring = scoring_config()
+    if budgeted:  # a budget well below the ~50-token vocabulary, so tail ids are really sampled
+        scoring = dataclasses.replace(scoring, candidates=Budget(max_candidates=4, tail_samples=6, screen=8))
+
     def run(with_callback):
         pl.seed_everything(0, verbose=False)
         module = TinyLitLM(tok, dropout=0.1)  # dropout: training consumes the RNG stream scoring must not touch
         cbs = []
         if with_callback:
-            cbs = [make_callback(probes, every_n_steps=2, every_n_epochs=1, log_dir=tmp_path / "files")]
+            cbs = [make_callback(probes, scoring=scoring, every_n_steps=2, every_n_epochs=1,
+                                 log_dir=tmp_path / "files")]
         fit(module, cbs, tmp_path, max_epochs=2)
         return module, cbs
 
@@ -109,6 +118,8 @@ def test_weights_bit_identical_with_and_without_callback(tok, probes, tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+    header = next((tmp_path / "files").rglob("tokens.csv")).read_text().splitlines()[0].split(",")
+    assert ("attribution_se" in header) == budgeted  # budgeted tables carry the standard errors
 
 
 # ----------------------------------------------------------------------------- schedule

@@ -1,4 +1,4 @@
-"""The ``--candidates`` option: ``all``, a list of token ids, ``@file``, or a count N.
+"""The ``--candidates`` option: ``budget``, a count N, ``all``, a list of token ids, or ``@file``.
 
 Parsing happens in two steps so that a malformed value fails before the model
 is loaded: :func:`parse_candidates` checks the syntax, and
@@ -17,25 +17,16 @@ from typing import Any
 from probattr_monitor.cli.errors import CLIError
 
 HELP = (
-    "candidate tokens per position: 'all' (the whole vocabulary, paper-exact; the default); "
-    "a comma-separated list of token ids ('11,42,1000', or '42,' for a single id); "
-    "'@FILE' (token ids separated by commas or whitespace, '#' starts a comment); "
-    "or a count N: the budgeted estimator with at most N exact candidates when this "
-    "installation has one (probattr_monitor.engine.budgeted), otherwise exact scoring over "
-    "N token ids evenly spaced over the vocabulary (numpy.linspace, deterministic). "
-    "The token in the prompt is always a candidate. The choice is recorded in the report."
+    "candidate tokens per position: 'budget' (the default: the budgeted estimator with its default "
+    "Budget, the training monitor's default too); a count N (the budgeted estimator with at most N "
+    "exactly scored candidates per position); 'all' (the whole vocabulary, paper-exact, |V| "
+    "forwards per position); a comma-separated list of token ids ('11,42,1000', or '42,' for a "
+    "single id); or '@FILE' (token ids separated by commas or whitespace, '#' starts a comment), "
+    "exact over the listed ids. The token in the prompt is always a candidate. The choice is "
+    "recorded in the report."
 )
 
 _INT = re.compile(r"[+-]?\d+")
-
-
-def budget_class() -> Any:
-    """The engine's ``Budget`` class, or ``None`` when this installation has no budgeted estimator."""
-    try:
-        from probattr_monitor.engine.budgeted import Budget
-    except ImportError:
-        return None
-    return Budget
 
 
 @dataclass(frozen=True)
@@ -44,7 +35,7 @@ class CandidateSpec:
 
     Attributes
     ----------
-    kind : {"all", "ids", "count"}
+    kind : {"budget", "all", "ids", "count"}
     ids : tuple of int
         The listed ids (``kind == "ids"``).
     count : int
@@ -61,7 +52,7 @@ class CandidateSpec:
     def resolve(self, vocab_size: int, seed: int = 0) -> tuple[Any, dict]:
         """The ``candidates`` argument of the scoring config, and a description for the report.
 
-        ``seed`` seeds the budgeted estimator's tail sampler (count N with a ``Budget``).
+        ``seed`` seeds the budgeted estimator's tail sampler.
 
         Raises
         ------
@@ -77,23 +68,11 @@ class CandidateSpec:
                                f"vocabulary [0, {vocab_size})")
             ids = sorted(set(self.ids))
             return ids, {"kind": "ids", "source": self.source, "n": len(ids), "vocab_size": vocab_size}
-        budget = budget_class()
-        if budget is not None:
-            return budget(max_candidates=self.count, seed=seed), {"kind": "budget", "max_candidates": self.count,
-                                                                  "vocab_size": vocab_size}
-        if self.count >= vocab_size:
-            return "all", {"kind": "all", "requested": self.count, "vocab_size": vocab_size,
-                           "note": f"N={self.count} covers the whole vocabulary"}
-        ids = evenly_spaced_ids(self.count, vocab_size)
-        return ids, {"kind": "evenly-spaced", "n": self.count, "vocab_size": vocab_size,
-                     "note": "exact over N ids from numpy.linspace(0, vocab_size - 1, N)"}
+        from probattr_monitor.engine.budgeted import Budget  # the engine (torch) loads only when scoring
 
-
-def evenly_spaced_ids(n: int, vocab_size: int) -> list[int]:
-    """``n`` distinct token ids spread evenly over ``[0, vocab_size)`` (deterministic)."""
-    import numpy as np
-
-    return sorted({int(i) for i in np.linspace(0, vocab_size - 1, n).round().astype(np.int64)})
+        budget = Budget(seed=seed) if self.kind == "budget" else Budget(max_candidates=self.count, seed=seed)
+        return budget, {"kind": "budget", "max_candidates": budget.max_candidates,
+                        "tail_samples": budget.tail_samples, "screen": budget.screen, "vocab_size": vocab_size}
 
 
 def parse_candidates(value: str) -> CandidateSpec:
@@ -105,8 +84,8 @@ def parse_candidates(value: str) -> CandidateSpec:
         Empty value, a non-integer id, N < 1, or an unreadable ``@FILE``.
     """
     text = value.strip()
-    if text.lower() == "all":
-        return CandidateSpec("all")
+    if text.lower() in ("all", "budget"):
+        return CandidateSpec(text.lower())
     if text.startswith("@"):
         return CandidateSpec("ids", ids=tuple(_read_id_file(text[1:])), source=text)
     if _INT.fullmatch(text):
@@ -116,13 +95,13 @@ def parse_candidates(value: str) -> CandidateSpec:
         return CandidateSpec("count", count=n)
     parts = [p.strip() for p in text.split(",")]
     if not text or not any(parts):
-        raise CLIError("--candidates: give 'all', a count N, a comma-separated list of ids or @FILE")
+        raise CLIError("--candidates: give 'budget', 'all', a count N, a comma-separated list of ids or @FILE")
     ids = []
     for part in parts:
         if not part:
             continue
         if not _INT.fullmatch(part):
-            raise CLIError(f"--candidates: {part!r} is not a token id (give 'all', a count N, "
+            raise CLIError(f"--candidates: {part!r} is not a token id (give 'budget', 'all', a count N, "
                            "a comma-separated list of ids or @FILE)")
         ids.append(int(part))
     return CandidateSpec("ids", ids=tuple(ids), source="list")

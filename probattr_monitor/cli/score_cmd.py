@@ -93,7 +93,7 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
                         "models on a busy machine)")
 
     s = p.add_argument_group("scoring")
-    s.add_argument("--candidates", default="all", metavar="SPEC", help=cand.HELP)
+    s.add_argument("--candidates", default="budget", metavar="SPEC", help=cand.HELP)
     s.add_argument("--decoding", choices=("greedy", "top-p"), default="greedy",
                    help="how the response is generated for probes without a fixed one (default: %(default)s)")
     s.add_argument("--top-p", type=float, default=0.9, metavar="P",
