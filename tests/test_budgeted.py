@@ -73,6 +73,11 @@ def _assert_same(res, ref, atol=1e-9):
         ({"nucleus": "0.9"}, TypeError, "nucleus"),
         ({"screen": -5}, ValueError, "screen"),
         ({"screen": 1.5}, TypeError, "screen"),
+        ({"refine": -1}, ValueError, "refine"),
+        ({"refine": 2.0}, TypeError, "refine"),
+        ({"refine_depth": 0.0}, ValueError, "refine_depth"),
+        ({"refine_depth": 1.5}, ValueError, "refine_depth"),
+        ({"refine_depth": "half"}, TypeError, "refine_depth"),
         ({"seed": -1}, ValueError, "seed"),
         ({"seed": 0.5}, TypeError, "seed"),
         ({"universe": []}, ValueError, "universe is empty"),
@@ -89,12 +94,13 @@ def test_nonsense_budgets_are_rejected_with_clear_errors(kwargs, exc, words):
 
 def test_budget_defaults_and_normalisation():
     b = Budget()
-    assert (b.max_candidates, b.tail_samples, b.nucleus, b.screen, b.seed, b.universe) == (64, 64, 0.9, True, 0, None)
+    assert (b.max_candidates, b.tail_samples, b.nucleus, b.screen, b.refine, b.refine_depth, b.seed, b.universe) == (
+        32, 32, 0.9, 1024, 256, 0.25, 0, None)
     assert Budget(universe=[5, 2, 9]).universe == (2, 5, 9)
     assert Budget(universe="all").universe is None
     assert Budget(universe=np.array([4, 1])).universe == (1, 4)
     assert Budget(screen=False).screen_size == 0 and Budget(screen=7).screen_size == 7
-    assert Budget().screen_size is None
+    assert Budget(screen=True).screen_size is None and Budget().screen_size == 1024
     hash(Budget(universe=[1, 2]))  # frozen and hashable
     with pytest.raises(dataclasses.FrozenInstanceError):
         Budget().seed = 3
@@ -230,26 +236,55 @@ def test_global_rng_untouched(gpt2_case):
     assert (np.random.random(), torch.rand(1).item()) == (a, t)
 
 
-@pytest.mark.parametrize("screen", [True, 20, False])
-def test_cost_accounting(gpt2_case, screen):
+@pytest.mark.parametrize("screen, refine", [(True, 0), (20, 0), (False, 0), (True, 12), (False, 12)])
+def test_cost_accounting(gpt2_case, screen, refine):
     model, prompt, response, exact, vocab = gpt2_case
-    b = Budget(max_candidates=6, tail_samples=10, screen=screen)
+    b = Budget(max_candidates=6, tail_samples=10, screen=screen, refine=refine, refine_depth=0.5)
     res = attribute(model, prompt, response, candidates=b)
     length = len(prompt) + len(response)
     screened = {True: vocab, 20: 20, False: 0}[screen]
-    expected = length + sum(
-        screened + (e + s) * (length - k - 1)
-        for k, e, s in zip(res.positions, res.info["num_exact"], res.info["num_sampled"])
+    assert np.all(res.info["num_screened"] == screened)
+    suffix = length - res.positions - 1
+    depth = np.maximum(2, np.ceil(0.5 * suffix)).astype(int)
+    if refine:
+        # refined where a half-suffix read is shorter than the whole suffix; 12 ids = MIN_REFINE cut to refine
+        np.testing.assert_array_equal(res.info["num_refined"], np.where(depth < suffix, refine, 0))
+        np.testing.assert_array_equal(res.info["refine_depth"], np.where(depth < suffix, depth, 0))
+        assert res.info["num_refined"].sum() > 0
+    else:
+        assert np.all(res.info["num_refined"] == 0)
+    screen_cost = sum(screened + r * d for r, d in zip(res.info["num_refined"], res.info["refine_depth"]))
+    expected = length + screen_cost + sum(
+        (e + s) * t for t, e, s in zip(suffix, res.info["num_exact"], res.info["num_sampled"])
     )
     assert res.info["token_forwards"] == expected
-    assert res.info["screen_token_forwards"] == screened * len(res.positions)
+    assert res.info["screen_token_forwards"] == screen_cost
     assert res.info["exact_token_forwards"] == exact.info["token_forwards"]
     assert np.all(res.info["num_exact"] == 6) and np.all(res.info["num_sampled"] == 10)
-    assert np.all(res.info["num_screened"] == screened)
     cov = res.info["prior_mass_covered"]
     assert cov.shape == res.positions.shape and np.all((cov > 0) & (cov <= 1))
     post = res.info["posterior_mass_covered"]
     assert np.all((post > 0) & (post <= 1))
+
+
+def test_screen_and_refine_sizes_follow_the_mass():
+    """A screen covers SCREEN_MASS of the prior (within its bounds); the refine stage likewise."""
+    from probattr_monitor.engine import budgeted as bud
+
+    peaked = np.log(np.r_[0.9995, np.full(999, 0.0005 / 999)])
+    assert bud._mass_count(peaked, 0.999, 1, 1000) == 1
+    assert bud._mass_count(peaked, 0.999, 64, 1000) == 64  # never below the floor
+    flat = np.zeros(1000)
+    assert bud._mass_count(flat, 0.999, 64, 1000) == 999
+    assert bud._mass_count(flat, 0.999, 64, 256) == 256  # nor above the cap
+    vocab = 400
+    model = tiny_gpt2(vocab, 6)
+    prompt, response = _pair(vocab, 6, n=6)
+    res = attribute(model, prompt, response, candidates=Budget(max_candidates=4, tail_samples=4, screen=300,
+                                                               refine=100))
+    assert np.all((res.info["num_screened"] >= bud.MIN_SCREEN) & (res.info["num_screened"] <= 300))
+    refined = res.info["num_refined"][res.info["num_refined"] > 0]
+    assert len(refined) and np.all((refined >= bud.MIN_REFINE) & (refined <= 100))
 
 
 def test_exact_set_of_one_is_the_original_token():
@@ -266,22 +301,26 @@ def test_exact_set_of_one_is_the_original_token():
 
 # ---------------------------------------------------------------------- screening
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_screen_is_the_first_suffix_step_and_an_upper_bound(name):
+def test_screens_are_the_first_suffix_steps_and_upper_bounds(name):
+    """The one-token screen and a deeper refine read are sums of the first suffix log-probs, bounding a and b."""
     vocab = 50
     model = MODELS[name](vocab, 7)
     prompt, response = _pair(vocab, 5, n=6)
-    k = 3
+    k = 2
     ids = np.arange(vocab, dtype=np.int64)
     with scoring_mode(model):
         runner = ModelRunner(model, 64 * 2**20)
         full = _full_pass(runner, prompt, response)
         rest = prompt[k + 1 :] + response
-        screen = _screen_log_probs(runner, full, prompt[:k], ids, rest[0], 16)
-        first = runner.suffix_log_probs(full, prompt[:k], torch.from_numpy(ids), rest)[:, 0].numpy()
+        screen = _screen_log_probs(runner, full, prompt[:k], ids, rest[:1], 16)
+        deep = _screen_log_probs(runner, full, prompt[:k], ids, rest[:3], 16)
+        lp = runner.suffix_log_probs(full, prompt[:k], torch.from_numpy(ids), rest).numpy()
         a, b = candidate_scores(runner, full, prompt, response, k, ids, None)
-    np.testing.assert_allclose(screen, first, atol=1e-5)
-    s = full.log_probs[k - 1].numpy() + screen
-    assert np.all(a <= s + 1e-5) and np.all(b <= a + 1e-9)
+    np.testing.assert_allclose(screen, lp[:, 0], atol=1e-5)
+    np.testing.assert_allclose(deep, lp[:, :3].sum(axis=1), atol=1e-5)
+    prior = full.log_probs[k - 1].numpy()
+    assert np.all(a <= prior + deep + 1e-5) and np.all(prior + deep <= prior + screen + 1e-5)
+    assert np.all(b <= a + 1e-9)
 
 
 # ---------------------------------------------------------------------- real model
@@ -299,7 +338,7 @@ def test_smollm2_budgeted_close_to_exact_over_a_universe():
     positions = [2, len(prompt) - 2]
     exact = attribute(model, prompt, response, candidates=universe, positions=positions)
     est = attribute(model, prompt, response, positions=positions,
-                    candidates=Budget(max_candidates=16, tail_samples=32, screen=64, universe=universe))
+                    candidates=Budget(max_candidates=16, tail_samples=32, screen=64, refine=32, universe=universe))
     assert est.info["token_forwards"] * 3 < exact.info["token_forwards"]
     assert est.info["exact_token_forwards"] == exact.info["token_forwards"]
     err = np.abs(est.attribution - exact.attribution)

@@ -9,23 +9,32 @@ section 2 by importance sampling, with a standard error for every quantity.
 Per scored position ``k`` (candidate universe ``U``, the whole vocabulary by
 default, always holding the original token ``x_k``):
 
-1. **Screen.** One batched forward of the single token ``v`` after the shared
-   prefix cache ``x_<k`` gives ``log p(x_{k+1} | x_<k, v)`` (``y_1`` at the last
-   prompt position) for every screened ``v``. The screening score is
-   ``s(v) = log p(v | x_<k) + log p(x_{k+1} | x_<k, v)``; for tokens that are
-   left out of a partial screen (``screen=m``), the screened ids' mean
-   next-token probability stands in for their own. Because every further term
-   of ``a_k`` and ``b_k`` is a log-probability, ``b_k(v) <= a_k(v) <= s(v)``
-   for screened ids: the screen is an upper bound that sees past the prior (a
-   token with a low prior that the next token strongly calls for gets a high
-   score).
+1. **Screen.** A forward of the single token ``v`` after the shared prefix
+   cache ``x_<k`` gives ``log p(x_{k+1} | x_<k, v)`` (``y_1`` at the last
+   prompt position). The screened ids are the top-prior ids that hold
+   ``SCREEN_MASS`` of the universe's prior mass, at least ``MIN_SCREEN`` and
+   at most ``screen`` of them: a flat prior (the first token after BOS, say)
+   gets a wide screen, a peaked one a narrow one. Because every term of
+   ``a_k`` and ``b_k`` is a log-probability, the screening score
+   ``log p(v | x_<k) + log p(x_{k+1} | x_<k, v)`` is an upper bound of
+   ``a_k(v)`` and ``b_k(v)`` that sees past the prior (a token with a low
+   prior that the next token strongly calls for scores high).
+   **Refine.** The best-screened ids (those holding ``REFINE_MASS`` of the
+   screen's predicted mass, at least ``MIN_REFINE`` and at most ``refine``)
+   are forwarded again over the first ``refine_depth`` of the suffix: a
+   deeper upper bound, which ranks candidates by how well they explain the
+   rest of the prompt rather than one token of it (on SmolLM2 this matters
+   most at the first prompt positions, whose long suffix the first token
+   says little about). Every id then has a score ``s(v)`` from the deepest
+   stage that saw it; the others' missing terms are filled in by the mean
+   (log-mean-exp) of the stage they skipped, so all scores share one scale.
 2. **Exact set** ``E``: the original token, the prior's nucleus (the smallest
    top-prior set holding ``nucleus`` of the universe's prior mass, capped at
    half the slots when screening), then the highest screening scores, up to
    ``max_candidates`` ids. Each is scored exactly.
 3. **Tail** ``T = U \\ E``: ``tail_samples`` distinct ids are drawn by priority
    sampling (Duffield, Lund & Thorup 2007) with weights from the proposal
-   ``q = 0.9 * softmax_T(s) + 0.1 * prior restricted to T`` and scored
+   ``q = (1 - PRIOR_MIX) * softmax_T(s) + PRIOR_MIX * prior restricted to T`` and scored
    exactly. Ids whose weight is above the sampling threshold are drawn with
    certainty and join the exact part; each other one contributes
    ``f(v) / pi(v)`` (``pi`` = its inclusion probability, Horvitz-Thompson) to
@@ -49,12 +58,18 @@ default, always holding the original token ``x_k``):
 
 When ``max_candidates + tail_samples >= |U|`` every candidate is scored and the
 result equals exact scoring over ``U`` (no screening is run then).
+
+Cost, in token-forwards (``info["token_forwards"]``; ``T_k = L - k - 1`` the
+suffix length at ``k``): the full pass ``L``, plus per position the screen
+(one per screened id), the refine stage (``refine_depth * T_k`` per refined id)
+and ``T_k`` per exactly scored or sampled id. See :class:`Budget`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import numbers
 import time
 from typing import Any, Optional, Sequence, Union
@@ -73,6 +88,18 @@ logger = logging.getLogger(__name__)
 
 #: Weight of the prior in the tail proposal (the rest is the screening softmax).
 PRIOR_MIX = 0.1
+
+#: Prior mass the screen covers (top-prior ids), within ``[MIN_SCREEN, Budget.screen]`` ids.
+SCREEN_MASS = 0.999
+
+#: Fewest ids screened when a screen is asked for (fewer only if the universe is smaller).
+MIN_SCREEN = 64
+
+#: Predicted mass the refine stage covers (best-screened ids), within ``[MIN_REFINE, Budget.refine]``.
+REFINE_MASS = 0.999
+
+#: Fewest ids refined when a refine stage is asked for.
+MIN_REFINE = 32
 
 #: Standard-error floor: the tail's estimated mass is taken as uncertain by at least
 #: a relative ``TAIL_FLOOR / sqrt(n)`` (``n`` = ids sampled at random), on top of the
@@ -94,10 +121,10 @@ class Budget:
 
     Parameters
     ----------
-    max_candidates : int, default 64
+    max_candidates : int, default 32
         Size of the exact set ``E`` per position (original token, prior nucleus,
         top screening scores), at least 1.
-    tail_samples : int, default 64
+    tail_samples : int, default 32
         Distinct tail candidates drawn per position by priority sampling and
         scored exactly; 0 ignores the tail (sums over ``E`` only). Standard
         errors are NaN where fewer than two ids were sampled at random.
@@ -105,10 +132,19 @@ class Budget:
         Prior mass (of the universe) whose nucleus goes into ``E`` (capped at
         half of ``max_candidates`` when screening, all of it otherwise).
         0 disables the nucleus.
-    screen : bool or int, default True
-        ``True``: screen every id of the universe; an int ``m``: screen the
-        ``m`` ids of highest prior only; ``False`` (or 0): no screening, the
-        screening score is the prior.
+    screen : bool or int, default 1024
+        An int ``m``: screen at most ``m`` ids, the top-prior ones holding
+        ``SCREEN_MASS`` of the prior mass (at least ``min(m, MIN_SCREEN)``);
+        ``True``: screen every id of the universe; ``False`` (or 0): no
+        screening, the screening score is the prior.
+    refine : int, default 256
+        Re-screen at most this many of the best-screened ids (those holding
+        ``REFINE_MASS`` of the predicted mass, at least ``min(refine,
+        MIN_REFINE)``) over the first ``refine_depth`` of the suffix; 0: no
+        refine stage.
+    refine_depth : float, default 0.25
+        Share of the suffix ``v, x_>k, y`` the refine stage reads (at least 2
+        tokens; the stage is skipped where that is the whole suffix).
     seed : int, default 0
         Seed of the tail sampler. Position ``k`` draws from
         ``numpy.random.default_rng([seed, k])``: results are deterministic for
@@ -121,31 +157,38 @@ class Budget:
     Cost model
     ----------
     In token-forwards (the engine's cost unit, ``info["token_forwards"]``), with
-    ``L = len(prompt) + len(response)``, ``U_k`` the universe at position ``k``
-    and ``S_k`` the screened ids (``|U_k|`` for ``screen=True``)::
+    ``L = len(prompt) + len(response)``, ``T_k = L - k - 1`` the suffix length at
+    position ``k``, ``U_k`` the universe, ``S_k`` the screened and ``R_k`` the
+    refined ids and ``d_k = max(2, ceil(refine_depth * T_k))``::
 
-        budgeted ≈ L + sum_k [ |S_k| + (|E_k| + tail_samples) * (L - k - 1) ]
-        exact    =  L + sum_k  |U_k| * (L - k - 1)
+        budgeted = L + sum_k [ |S_k| + |R_k| * d_k + (|E_k| + sampled_k) * T_k ]
+        exact    = L + sum_k  |U_k| * T_k
 
-    (``|E_k| <= max_candidates``; on models without a KV cache every forward
-    row costs ``L - 1`` instead of ``L - k - 1`` and a screening row ``k + 1``.) The
-    screen costs ``1 / (L - k - 1)`` of exact scoring at position ``k``, so the
-    cheapest useful settings for long suffixes are ``screen=True``; close to
-    the end of the prompt a partial screen (``screen=m``) keeps the cost down.
-    ``info["exact_token_forwards"]`` reports what exact scoring would have cost.
+    with ``|S_k| <= screen``, ``|R_k| <= refine``, ``|E_k| <= max_candidates``
+    and ``sampled_k <= tail_samples``. The defaults cost at most
+    ``1024 + 64 T_k + 64 T_k`` per position: on a 49,152-token vocabulary
+    about 1/300 of exact scoring for ``T_k = 30``. (On models without a KV
+    cache every row also carries the prefix: ``k + 1`` per screened id,
+    ``k + d_k`` per refined one, ``L - 1`` per scored one.)
+    ``info["exact_token_forwards"]`` reports what exact scoring would have
+    cost, and ``info["screen_token_forwards"]`` what the two screening stages
+    did.
 
     Raises
     ------
     ValueError, TypeError
         For budgets that make no sense: fewer than one candidate, negative
-        samples, a nucleus outside ``[0, 1]``, a negative seed or screen size,
-        an empty or duplicated universe.
+        samples, a nucleus outside ``[0, 1]``, a negative seed, screen or
+        refine size, a refine depth outside ``(0, 1]``, an empty or duplicated
+        universe.
     """
 
-    max_candidates: int = 64
-    tail_samples: int = 64
+    max_candidates: int = 32
+    tail_samples: int = 32
     nucleus: float = 0.9
-    screen: Union[bool, int] = True
+    screen: Union[bool, int] = 1024
+    refine: int = 256
+    refine_depth: float = 0.25
     seed: int = 0
     universe: Optional[tuple] = None
 
@@ -167,6 +210,14 @@ class Budget:
             _check_int(self.screen, "screen", "True, False or a non-negative number of ids to screen")
             if self.screen < 0:
                 raise ValueError(f"Budget.screen must be True, False or a non-negative int, got {self.screen}")
+        _check_int(self.refine, "refine", "a non-negative number of ids to refine")
+        if self.refine < 0:
+            raise ValueError(f"Budget.refine must be a non-negative int (0: no refine stage), got {self.refine}")
+        if isinstance(self.refine_depth, bool) or not isinstance(self.refine_depth, numbers.Real):
+            raise TypeError(f"Budget.refine_depth must be a share of the suffix in (0, 1], "
+                            f"got {type(self.refine_depth).__name__}")
+        if not 0.0 < float(self.refine_depth) <= 1.0:
+            raise ValueError(f"Budget.refine_depth must be a share of the suffix in (0, 1], got {self.refine_depth}")
         _check_int(self.seed, "seed")
         if self.seed < 0:
             raise ValueError(f"Budget.seed must be a non-negative integer, got {self.seed}")
@@ -271,20 +322,20 @@ def attribute_budgeted(
             row_cost = length - 1 if runner.path == "full" else length - k - 1
             exact_cost += len(ids) * row_cost
             before = runner.token_forwards
-            next_token = (prompt[k + 1 :] + response)[0]
+            rest = prompt[k + 1 :] + response
 
             def score_fn(cand, k=k):
                 return candidate_scores(runner, full, prompt, response, k, cand, bs)
 
-            def screen_fn(cand, k=k, next_token=next_token):
+            def screen_fn(cand, depth, k=k, rest=rest):
                 start = runner.token_forwards
-                out = _screen_log_probs(runner, full, prompt[:k], cand, next_token, bs)
+                out = _screen_log_probs(runner, full, prompt[:k], cand, rest[:depth], bs)
                 screen_cost[0] += runner.token_forwards - start
                 return out
 
             prior = full.log_probs[k - 1].numpy()[ids]
             st, se, extra = estimate_position(k, ids, int(prompt[k]), prior, budget, score_fn, screen_fn,
-                                              log_p_response)
+                                              log_p_response, suffix_len=len(rest))
             logger.debug("position %d: %d exact, %d sampled, %d token-forwards", k,
                          extra["num_exact"], extra["num_sampled"], runner.token_forwards - before)
             stats.append(st)
@@ -300,6 +351,8 @@ def attribute_budgeted(
             "tail_samples": budget.tail_samples,
             "nucleus": budget.nucleus,
             "screen": budget.screen,
+            "refine": budget.refine,
+            "refine_depth": budget.refine_depth,
             "seed": budget.seed,
             "universe_size": None if budget.universe is None else len(budget.universe),
         },
@@ -324,6 +377,7 @@ def estimate_position(
     score_fn,
     screen_fn,
     log_p_response: float,
+    suffix_len: int,
 ) -> tuple[PositionStats, np.ndarray, dict]:
     """The budgeted estimate at one position, independent of how scores are computed.
 
@@ -341,8 +395,12 @@ def estimate_position(
     score_fn : callable
         ``score_fn(cand_ids) -> (a, b)``: exact ``a_k``, ``b_k`` of the given ids.
     screen_fn : callable
-        ``screen_fn(cand_ids) -> log p(x_{k+1} | x_<k, v)`` of the given ids.
+        ``screen_fn(cand_ids, depth) -> sum_{t < depth} log p(s_t | x_<k, v, s_<t)``
+        for the given ids, ``s = x_>k + y`` the suffix after ``v``.
     log_p_response : float
+    suffix_len : int
+        ``len(s) = L - k - 1``, the number of log-probabilities in ``a_k(v)`` and
+        ``b_k(v)`` after the prior.
 
     Returns
     -------
@@ -352,7 +410,7 @@ def estimate_position(
     """
     n_u = len(ids)
     original = int(np.searchsorted(ids, original_id))
-    extra = {"num_screened": 0}
+    extra = {"num_screened": 0, "num_refined": 0, "refine_depth": 0}
     if budget.max_candidates + budget.tail_samples >= n_u:
         # the whole universe is scored: exact, no screening needed
         a, b = score_fn(ids)
@@ -361,21 +419,8 @@ def estimate_position(
                      num_sampled=0, exact_sums=True)
         return st, np.zeros(len(STDERR_FIELDS)), extra
 
-    # 1. screening scores (upper bounds of a_k and b_k)
-    score = prior.copy()
-    m = budget.screen_size
-    m = n_u if m is None else min(m, n_u)
-    if m > 0:
-        screened = np.lexsort((ids, -prior))[:m] if m < n_u else np.arange(n_u)
-        step = screen_fn(ids[screened])
-        score[screened] = prior[screened] + step
-        if m < n_u:
-            # ids left out of a partial screen: the screened ids' mean next-token
-            # probability stands in for theirs (keeps the proposal on one scale)
-            rest = np.ones(n_u, dtype=bool)
-            rest[screened] = False
-            score[rest] = prior[rest] + min(0.0, float(logsumexp(step) - np.log(m)))
-        extra["num_screened"] = int(m)
+    # 1. screening scores (upper bounds of a_k and b_k, on one scale)
+    score = _screen_scores(ids, prior, budget, screen_fn, suffix_len, extra)
 
     # 2. exact set: original, capped prior nucleus, top screening scores
     in_e = np.zeros(n_u, dtype=bool)
@@ -384,7 +429,8 @@ def estimate_position(
     if budget.nucleus > 0:
         mass = np.exp(prior[by_prior] - logsumexp(prior))
         n_nuc = int(np.searchsorted(np.cumsum(mass), budget.nucleus * (1 - 1e-12))) + 1
-        cap = budget.max_candidates - 1 if m == 0 else (budget.max_candidates - 1) // 2
+        screened = extra["num_screened"] or extra["num_refined"]
+        cap = (budget.max_candidates - 1) // 2 if screened else budget.max_candidates - 1
         in_e[by_prior[: min(n_nuc, cap)]] = True
     free = budget.max_candidates - int(in_e.sum())
     if free > 0:
@@ -437,6 +483,46 @@ def estimate_position(
         se = np.full(len(STDERR_FIELDS), np.nan)  # tail ignored (tail_samples=0): error unknown
     extra["posterior_mass_covered"] = post_cov
     return st, se, extra
+
+
+def _screen_scores(ids, prior, budget, screen_fn, suffix_len, extra) -> np.ndarray:
+    """Screening scores of every id: the prior, deepened by the screen and refine stages.
+
+    Each stage reads a longer start of the suffix for fewer ids (the screen:
+    one token, for the top-prior ids; the refine stage: ``d`` tokens, for the
+    best-screened ids). An id's score comes from the deepest stage that saw
+    it; for the ids a stage skipped, its mean gain over the ids it saw
+    (log-mean-exp of the extra log-probability, capped at 0) stands in, so
+    that all scores predict ``a_k`` on one scale. Records stage sizes in ``extra``.
+    """
+    n_u = len(ids)
+    score = prior.copy()
+    m = budget.screen_size
+    if m is None:
+        m = n_u
+    elif m > 0:
+        m = _mass_count(prior, SCREEN_MASS, min(m, MIN_SCREEN), min(m, n_u))
+    if m > 0:
+        screened = np.lexsort((ids, -prior))[:m]
+        step = screen_fn(ids[screened], 1)
+        score += min(0.0, float(logsumexp(step) - np.log(m)))
+        score[screened] = prior[screened] + step
+        extra["num_screened"] = int(m)
+    depth = max(2, math.ceil(budget.refine_depth * suffix_len))
+    if budget.refine > 0 and depth < suffix_len:
+        m2 = _mass_count(score, REFINE_MASS, min(budget.refine, MIN_REFINE), min(budget.refine, n_u))
+        refined = np.lexsort((ids, -score))[:m2]
+        deep = prior[refined] + screen_fn(ids[refined], depth)
+        score += min(0.0, float(logsumexp(deep - score[refined]) - np.log(m2)))
+        score[refined] = deep
+        extra.update(num_refined=int(m2), refine_depth=int(depth))
+    return score
+
+
+def _mass_count(log_w: np.ndarray, mass: float, lo: int, hi: int) -> int:
+    """How many of the largest ``log_w`` hold ``mass`` of their total, clipped to ``[lo, hi]``."""
+    w = np.exp(np.sort(log_w)[::-1] - logsumexp(log_w))
+    return int(min(max(int(np.searchsorted(np.cumsum(w), mass)) + 1, lo), hi))
 
 
 def _proposal(score: np.ndarray, prior: np.ndarray) -> np.ndarray:
@@ -589,21 +675,23 @@ def _screen_log_probs(
     full: FullPass,
     prefix_ids: list,
     first_tokens: np.ndarray,
-    next_token: int,
+    targets: list,
     batch_size: Optional[int],
 ) -> np.ndarray:
-    """``log p(next_token | x_<k, v)`` for every ``v`` in ``first_tokens`` (one token forward each).
+    """``sum_t log p(targets[t] | x_<k, v, targets[:t])`` for every ``v`` in ``first_tokens``.
 
-    Uses the prefix KV cache of ``full`` (cropped to ``k``) like
-    :meth:`ModelRunner.suffix_log_probs`, but forwards only ``v``; without a
-    cache each row is the full ``x_<k, v``.
+    ``targets`` is the start of the suffix (``x_{k+1}`` alone for the
+    one-token screen, the first ``d`` suffix tokens for the refine stage);
+    each row forwards ``v`` and all but the last target after the prefix
+    cache, like :meth:`ModelRunner.suffix_log_probs`.
     """
     k = len(prefix_ids)
-    bs = batch_size or runner.default_batch_size(k, 1, full.vocab_size)
+    bs = batch_size or runner.default_batch_size(k, len(targets), full.vocab_size)
     out = np.empty(len(first_tokens), dtype=np.float64)
     for start in range(0, len(first_tokens), bs):
         chunk = torch.from_numpy(np.ascontiguousarray(first_tokens[start : start + bs]))
-        out[start : start + len(chunk)] = runner.suffix_log_probs(full, prefix_ids, chunk, [next_token])[:, 0].numpy()
+        lp = runner.suffix_log_probs(full, prefix_ids, chunk, targets)
+        out[start : start + len(chunk)] = lp.sum(dim=1).numpy()
     if not np.isfinite(out).all():
         raise ValueError(f"non-finite screening scores at position {k}")
     return out
