@@ -57,14 +57,15 @@ import platform
 import sys
 import sysconfig
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from probattr_monitor import Budget, attribute
-from probattr_monitor.engine.budgeted import STDERR_FIELDS, _screen_log_probs, estimate_position
-from probattr_monitor.engine.exact import _full_pass, _with_original, candidate_scores, response_log_prob
+from probattr_monitor.engine.budgeted import STDERR_FIELDS, estimate_position
+from probattr_monitor.engine.exact import _full_pass, _with_original, response_log_prob
 from probattr_monitor.engine.generation import greedy_response
 from probattr_monitor.engine.modes import scoring_mode
 from probattr_monitor.engine.runner import ModelRunner
@@ -83,8 +84,13 @@ DEFAULT_BUDGETS = {
 
 
 def parse_budget(spec: str) -> Budget:
-    """``"mc=32,ts=32,screen=256,nucleus=0.9"`` -> :class:`Budget`."""
+    """``"mc=32,ts=32,screen=256,refine=128,depth=0.25,nucleus=0.9"`` -> :class:`Budget`.
+
+    Keys left out keep ``Budget``'s defaults; ``default`` alone is ``Budget()``.
+    """
     kw = {}
+    if spec.strip() == "default":
+        return Budget()
     for part in spec.split(","):
         key, _, value = part.partition("=")
         key = key.strip()
@@ -96,6 +102,10 @@ def parse_budget(spec: str) -> Budget:
             kw["screen"] = True if value == "all" else (False if value in ("none", "0") else int(value))
         elif key == "nucleus":
             kw["nucleus"] = float(value)
+        elif key == "refine":
+            kw["refine"] = int(value)
+        elif key == "depth":
+            kw["refine_depth"] = float(value)
         else:
             raise ValueError(f"unknown budget key {key!r} in {spec!r}")
     return Budget(**kw)
@@ -121,7 +131,7 @@ def stdlib_docstrings() -> list[str]:
     return docs
 
 
-def train_small_model(vocab: int, steps: int, width: int, seed: int = 0, cache_dir=None):
+def train_small_model(vocab: int, steps: int, width: int, seed: int = 0, cache_dir=None, layers: int = 2):
     """Byte-level BPE + 2-layer GPT-2 trained for ``steps`` AdamW steps on stdlib docstrings.
 
     Deterministic for a seed (CPU). With ``cache_dir``, the trained model and
@@ -133,7 +143,7 @@ def train_small_model(vocab: int, steps: int, width: int, seed: int = 0, cache_d
 
     if vocab > 4096:
         raise ValueError("--small-vocab must be at most 4096 (issue 5)")
-    tag = f"small-v{vocab}-w{width}-s{steps}-seed{seed}"
+    tag = f"small-v{vocab}-w{width}-s{steps}-seed{seed}" + (f"-l{layers}" if layers != 2 else "")
     cached = Path(cache_dir, tag) if cache_dir else None
     if cached is not None and (cached / "model.pt").is_file():
         tok = Tokenizer.from_file(str(cached / "tokenizer.json"))
@@ -153,7 +163,7 @@ def train_small_model(vocab: int, steps: int, width: int, seed: int = 0, cache_d
     for d in docs:
         data += [0] + tok.encode(d).ids
     data = torch.tensor(data)
-    config = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=256, n_embd=width, n_layer=2,
+    config = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=256, n_embd=width, n_layer=layers,
                         n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         bos_token_id=0, eos_token_id=0)
     started = time.perf_counter()
@@ -177,7 +187,7 @@ def train_small_model(vocab: int, steps: int, width: int, seed: int = 0, cache_d
             if (step + 1) % 100 == 0:
                 print(f"  train step {step + 1}/{steps}: loss {np.mean(losses[-50:]):.3f}", flush=True)
     model.eval()
-    meta = {"vocab_size": tok.get_vocab_size(), "width": width, "layers": 2, "train_steps": steps,
+    meta = {"vocab_size": tok.get_vocab_size(), "width": width, "layers": layers, "train_steps": steps,
             "train_tokens": steps * 32 * 64, "corpus_tokens": int(len(data)),
             "final_loss": float(np.mean(losses[-50:])) if losses else None,
             "train_seconds": time.perf_counter() - started}
@@ -186,6 +196,20 @@ def train_small_model(vocab: int, steps: int, width: int, seed: int = 0, cache_d
         tok.save(str(cached / "tokenizer.json"))
         torch.save({"config": config.to_dict(), "state": model.state_dict(), "meta": meta}, cached / "model.pt")
     return model, (lambda text: [0] + tok.encode(text).ids), meta
+
+
+def choose_positions(n: int, count: int, how: str, key: str, window: int = 0) -> list[int]:
+    """Scored positions of one probe: ``spread`` (evenly spaced, both ends included) or
+    ``uniform`` (``count`` distinct positions drawn uniformly from ``1 .. n - 1``, seeded by
+    the probe's id, so each position is as likely as it is in a whole-prompt scoring run)."""
+    if how == "spread":
+        return spread_positions(n, count, window)
+    first = max(1, n - window) if window else 1
+    pool = np.arange(first, n)
+    if count <= 0 or count >= len(pool):
+        return pool.tolist()
+    rng = np.random.default_rng([zlib.crc32(key.encode("utf-8"))])
+    return sorted(int(p) for p in rng.choice(pool, count, replace=False))
 
 
 def spread_positions(n: int, count: int, window: int = 0) -> list[int]:
@@ -198,10 +222,14 @@ def spread_positions(n: int, count: int, window: int = 0) -> list[int]:
 
 # ---------------------------------------------------------------------- exact data
 def collect_exact(model, items, universe):
-    """Exact a_k, b_k over the universe and screening scores at every scored position.
+    """Exact a_k, b_k over the universe, and every per-token term behind them.
 
     Exact cost (token-forwards, wall time) is measured for the full pass plus
-    the candidate passes, exactly the work of ``attribute(candidates=universe)``.
+    the candidate passes, exactly the work of ``attribute(candidates=universe)``
+    (whose ``candidate_scores`` sums the same per-token log-probabilities).
+    Each row keeps ``lp`` (float32 ``[|U|, L - k - 1]``: ``log p`` of every
+    suffix token after each candidate), so that screens deeper than one token
+    can be replayed; ``screen`` is its first column, ``log p(x_{k+1} | x_<k, v)``.
     """
     out = []
     for item in items:
@@ -212,19 +240,22 @@ def collect_exact(model, items, universe):
             full = _full_pass(runner, prompt, response)
             lpr = response_log_prob(full, len(prompt), response)
             rows = []
-            exact_seconds = time.perf_counter() - t0
             for k in item["positions"]:
                 ids = _with_original(universe, prompt[k])
-                t1 = time.perf_counter()
-                a, b = candidate_scores(runner, full, prompt, response, k, ids, None)
-                exact_seconds += time.perf_counter() - t1
-                rows.append({"k": k, "ids": ids, "a": a, "b": b,
-                             "prior": full.log_probs[k - 1].numpy()[ids].copy()})
+                rest = prompt[k + 1 :] + response
+                bs = runner.default_batch_size(k, len(rest) + 1, full.vocab_size)
+                lp = np.concatenate([
+                    runner.suffix_log_probs(full, prompt[:k], torch.from_numpy(ids[s : s + bs]), rest).numpy()
+                    for s in range(0, len(ids), bs)
+                ])
+                prior = full.log_probs[k - 1].numpy()[ids].copy()
+                n_rest = len(prompt) - k - 1
+                a = prior + lp[:, :n_rest].sum(axis=1)
+                b = a + lp[:, n_rest:].sum(axis=1)
+                rows.append({"k": k, "ids": ids, "a": a, "b": b, "prior": prior, "n_prompt_rest": n_rest,
+                             "lp": lp.astype(np.float32), "screen": lp[:, 0].copy()})
+            exact_seconds = time.perf_counter() - t0
             exact_tf = runner.token_forwards
-            for row in rows:
-                k = row["k"]
-                nxt = (prompt[k + 1 :] + response)[0]
-                row["screen"] = _screen_log_probs(runner, full, prompt[:k], row["ids"], nxt, None)
         out.append({**item, "lpr": lpr, "rows": rows, "exact_tf": exact_tf, "exact_seconds": exact_seconds})
         print(f"  exact {item['id']}: {len(rows)} positions, {exact_tf} token-forwards, {exact_seconds:.1f} s",
               flush=True)
@@ -247,13 +278,15 @@ def replay(rec, budget):
             idx = np.array([lookup[int(v)] for v in cand], dtype=np.int64)
             return r["a"][idx], r["b"][idx]
 
-        def screen_fn(cand, r=r, lookup=lookup):
-            return r["screen"][np.array([lookup[int(v)] for v in cand], dtype=np.int64)]
+        def screen_fn(cand, depth, r=r, lookup=lookup):
+            idx = np.array([lookup[int(v)] for v in cand], dtype=np.int64)
+            return r["lp"][idx, :depth].astype(np.float64).sum(axis=1)
 
+        suffix_len = len(rec["prompt"]) + len(rec["response"]) - r["k"] - 1
         st, se, extra = estimate_position(r["k"], r["ids"], rec["prompt"][r["k"]], r["prior"], budget,
-                                          score_fn, screen_fn, rec["lpr"])
-        cost = extra["num_screened"] + (extra["num_exact"] + extra["num_sampled"]) * (
-            len(rec["prompt"]) + len(rec["response"]) - r["k"])
+                                          score_fn, screen_fn, rec["lpr"], suffix_len=suffix_len)
+        cost = (extra["num_screened"] + extra["num_refined"] * extra["refine_depth"]
+                + (extra["num_exact"] + extra["num_sampled"]) * suffix_len)
         res.append((st, se, extra, cost))
     return res
 
@@ -362,7 +395,8 @@ def smol_setup(args):
             ids = ids[: args.smol_max_prompt] if args.smol_max_prompt else ids
             resp = make_response(model, tok, ids, max_new_tokens=args.smol_new_tokens)
             items.append({"id": f"{set_name}/{probe.id}", "prompt": list(ids), "response": list(resp),
-                          "positions": spread_positions(len(ids), args.smol_positions, args.smol_window)})
+                          "positions": choose_positions(len(ids), args.smol_positions, args.positions_from,
+                                                        f"{set_name}/{probe.id}", args.smol_window)})
     # universe: highest average prior over every position of every probe
     mean_prior = None
     with scoring_mode(model):
@@ -375,6 +409,7 @@ def smol_setup(args):
 
 def small_setup(args):
     model, encode, meta = train_small_model(args.small_vocab, args.small_train_steps, args.small_width,
+                                             layers=args.small_layers,
                                              cache_dir=args.model_cache)
     items = []
     for set_name, cap in zip(PROBE_SETS, (args.small_paper_probes, args.small_reasonable_probes)):
@@ -382,7 +417,8 @@ def small_setup(args):
             ids = encode(probe.prompt)[: args.small_max_prompt]
             resp = greedy_response(model, ids, args.small_new_tokens, None)
             items.append({"id": f"{set_name}/{probe.id}", "prompt": ids, "response": resp,
-                          "positions": spread_positions(len(ids), args.small_positions)})
+                          "positions": choose_positions(len(ids), args.small_positions, args.positions_from,
+                                                        f"{set_name}/{probe.id}")})
     return model, items, np.arange(meta["vocab_size"], dtype=np.int64), meta
 
 
@@ -455,6 +491,9 @@ def main(argv=None):
     p.add_argument("--save-records", default=None, help="pickle the exact per-candidate scores to PREFIX.<model>.pkl")
     p.add_argument("--load-records", default=None,
                    help="reuse exact scores pickled by --save-records (same probes, positions and universe)")
+    p.add_argument("--positions-from", choices=("uniform", "spread"), default="uniform",
+                   help="scored positions: drawn uniformly from the prompt (seeded per probe; as often as in "
+                        "whole-prompt scoring) or evenly spread with both ends (over-weights the first token)")
     p.add_argument("--skip-smol", action="store_true")
     p.add_argument("--skip-small", action="store_true")
     p.add_argument("--smol-universe", type=int, default=1024)
@@ -467,6 +506,7 @@ def main(argv=None):
     p.add_argument("--smol-max-prompt", type=int, default=0, help="truncate prompts (0: no)")
     p.add_argument("--small-vocab", type=int, default=2048)
     p.add_argument("--small-width", type=int, default=64)
+    p.add_argument("--small-layers", type=int, default=2)
     p.add_argument("--small-train-steps", type=int, default=600)
     p.add_argument("--model-cache", default=None, help="directory to keep the trained small model in")
     p.add_argument("--small-paper-probes", type=int, default=7)
