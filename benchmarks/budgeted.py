@@ -3,11 +3,15 @@
 Two models on which exact scoring is affordable on a CPU:
 
 ``small``
-    A 2-layer GPT-2 (width ``--small-width``) trained here for
-    ``--small-train-steps`` AdamW steps (batch 32 x 64 tokens, deterministic)
-    on the docstrings of the Python standard library's top-level modules, with
-    a byte-level BPE vocabulary of ``--small-vocab`` tokens (at most 4096)
-    trained on the same text. Exact = its full vocabulary.
+    A GPT-2 (``--small-layers`` layers, width ``--small-width``) trained here
+    for ``--small-train-steps`` AdamW steps (batch 32 x 64 tokens,
+    deterministic) on the docstrings of the Python standard library's
+    top-level modules, with a byte-level BPE vocabulary of ``--small-vocab``
+    tokens (at most 4096) trained on the same text. ``--small-corpus flat``
+    (the default) makes every whitespace run one space so the text reads as
+    prose like the probes; ``raw`` keeps the line breaks, and the small
+    model's greedy responses then degenerate into blank lines (a stress case:
+    see the README). Exact = its full vocabulary.
 ``smollm2``
     SmolLM2-135M-Instruct (GGUF, float32) over a fixed candidate universe: the
     ``--smol-universe`` ids of highest average prior over every position of
@@ -17,9 +21,12 @@ Two models on which exact scoring is affordable on a CPU:
 
 Probes: the first ``--*-paper-probes`` of ``paper`` and the first
 ``--*-reasonable-probes`` of ``reasonable-en``, greedy responses of
-``--*-new-tokens`` tokens, ``--*-positions`` evenly spaced prompt positions per
-probe (SmolLM2: among the last ``--smol-window`` prompt tokens, to keep exact
-scoring affordable). The JSON output lists every probe and position used.
+``--*-new-tokens`` tokens, ``--*-positions`` prompt positions per probe
+(``--positions-from uniform``, the default: drawn uniformly, seeded by the
+probe's id, so each position is as likely as in whole-prompt scoring;
+``spread``: evenly spaced with both ends, which over-weights the first token
+after BOS, the hardest position). The JSON output lists every probe and
+position used.
 
 Per budget setting, errors are measured over ``--seeds`` seeds by replaying
 :func:`probattr_monitor.engine.budgeted.estimate_position` on the exact
@@ -37,11 +44,13 @@ token-forwards and wall time against exact. Targets (issue 5): >= 20x fewer
 token-forwards, p95 |ΔAS| <= 0.05 nats, >= 97 % noise-flag agreement,
 >= 90 % of errors within 2 SE.
 
-Exact scoring dominates the run time (on a 2-core CPU: ~15 min for the small
-model's 120 positions, ~40 min for SmolLM2's 12). ``--save-records PREFIX``
-keeps the exact scores and ``--load-records PREFIX`` reuses them (same probes,
-positions and universe are checked; the exact wall time is the one measured
-when they were written); ``--model-cache DIR`` keeps the trained small model.
+Exact scoring dominates the run time (on a 2-core CPU, about 700 SmolLM2
+token-forwards per second: an hour or more for a few dozen SmolLM2 positions
+over a 4,096-id universe). ``--records PREFIX`` keeps the exact scores in
+``PREFIX.<model>.pkl``, written after every probe, and reuses those of the
+same probes, positions and universe on the next run (the exact wall time is
+the one measured when they were computed); ``--model-cache DIR`` keeps the
+trained small model.
 
 Run:  python benchmarks/budgeted.py --out bench_budgeted.json [--threads 1]
 """
@@ -53,6 +62,7 @@ import ast
 import dataclasses
 import json
 import os
+import pickle
 import platform
 import sys
 import sysconfig
@@ -77,9 +87,10 @@ MEMORY_BYTES = 1024 * 2**20
 
 # ---------------------------------------------------------------------- budgets
 #: Budget settings per model (the cost ratio depends on the universe size and suffix lengths).
+#: ``default`` is ``Budget()``, the training monitor's default; the others show the trade-off.
 DEFAULT_BUDGETS = {
-    "small": ("mc=16,ts=64,screen=512", "mc=8,ts=40,screen=all", "mc=64,ts=64,screen=all"),
-    "smollm2": ("mc=8,ts=32,screen=64", "mc=8,ts=32,screen=all", "mc=64,ts=64,screen=all"),
+    "small": ("default", "mc=32,ts=32,screen=512,refine=0", "mc=16,ts=16,screen=256,refine=64"),
+    "smollm2": ("default", "mc=32,ts=32,screen=512,refine=128", "mc=16,ts=16,screen=256,refine=64"),
 }
 
 
@@ -131,8 +142,14 @@ def stdlib_docstrings() -> list[str]:
     return docs
 
 
-def train_small_model(vocab: int, steps: int, width: int, seed: int = 0, cache_dir=None, layers: int = 2):
-    """Byte-level BPE + 2-layer GPT-2 trained for ``steps`` AdamW steps on stdlib docstrings.
+def train_small_model(vocab: int, steps: int, width: int, seed: int = 0, cache_dir=None, layers: int = 2,
+                      flat: bool = False):
+    """Byte-level BPE + small GPT-2 trained for ``steps`` AdamW steps on stdlib docstrings.
+
+    ``flat``: every run of whitespace in the docstrings (line breaks and
+    indentation included) becomes one space, so the corpus reads as running
+    prose like the probes; raw docstrings make greedy responses of a small
+    model degenerate into blank lines.
 
     Deterministic for a seed (CPU). With ``cache_dir``, the trained model and
     tokenizer are saved there and reused when the same settings ask again.
@@ -143,7 +160,8 @@ def train_small_model(vocab: int, steps: int, width: int, seed: int = 0, cache_d
 
     if vocab > 4096:
         raise ValueError("--small-vocab must be at most 4096 (issue 5)")
-    tag = f"small-v{vocab}-w{width}-s{steps}-seed{seed}" + (f"-l{layers}" if layers != 2 else "")
+    tag = (f"small-v{vocab}-w{width}-s{steps}-seed{seed}" + (f"-l{layers}" if layers != 2 else "")
+           + ("-flat" if flat else ""))
     cached = Path(cache_dir, tag) if cache_dir else None
     if cached is not None and (cached / "model.pt").is_file():
         tok = Tokenizer.from_file(str(cached / "tokenizer.json"))
@@ -153,6 +171,8 @@ def train_small_model(vocab: int, steps: int, width: int, seed: int = 0, cache_d
         model.eval()
         return model, (lambda text: [0] + tok.encode(text).ids), saved["meta"]
     docs = stdlib_docstrings()
+    if flat:
+        docs = [" ".join(d.split()) for d in docs]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -187,7 +207,8 @@ def train_small_model(vocab: int, steps: int, width: int, seed: int = 0, cache_d
             if (step + 1) % 100 == 0:
                 print(f"  train step {step + 1}/{steps}: loss {np.mean(losses[-50:]):.3f}", flush=True)
     model.eval()
-    meta = {"vocab_size": tok.get_vocab_size(), "width": width, "layers": layers, "train_steps": steps,
+    meta = {"vocab_size": tok.get_vocab_size(), "width": width, "layers": layers,
+            "corpus": "flat" if flat else "raw", "train_steps": steps,
             "train_tokens": steps * 32 * 64, "corpus_tokens": int(len(data)),
             "final_loss": float(np.mean(losses[-50:])) if losses else None,
             "train_seconds": time.perf_counter() - started}
@@ -304,6 +325,7 @@ def evaluate(records, budget, seeds, model, universe_ids, real=True):
     ncand = np.array([len(r["ids"]) for rec in records for r in rec["rows"]])
     ex_flag = noise_flags(ex_as, ex_h, cfg, ncand)
     d_as, d_h, se_as, se_h, d_kl, se_kl, d_hp, se_hp, agree = [], [], [], [], [], [], [], [], []
+    rate_diff = []  # |noise rate (budgeted) - noise rate (exact)| over all scored positions, per seed
     ex_kl = np.array([st.kl for rec in records for st in exact_stats(rec)])
     ex_hp = np.array([st.entropy_prompt for rec in records for st in exact_stats(rec)])
     replay_cost = 0
@@ -323,7 +345,9 @@ def evaluate(records, budget, seeds, model, universe_ids, real=True):
         se_h.append(se[:, STDERR_FIELDS.index("entropy_full")])
         se_kl.append(se[:, STDERR_FIELDS.index("kl")])
         se_hp.append(se[:, STDERR_FIELDS.index("entropy_prompt")])
-        agree.append(noise_flags(att, hf, cfg, ncand) == ex_flag)
+        flags = noise_flags(att, hf, cfg, ncand)
+        agree.append(flags == ex_flag)
+        rate_diff.append(abs(float(np.mean(flags)) - float(np.mean(ex_flag))))
     d_as, d_h, se_as, se_h = map(np.concatenate, (d_as, d_h, se_as, se_h))
     d_kl, d_hp, se_kl, se_hp = map(np.concatenate, (d_kl, d_hp, se_kl, se_hp))
     agree = np.concatenate(agree)
@@ -368,6 +392,8 @@ def evaluate(records, budget, seeds, model, universe_ids, real=True):
         "within_2se_KL": within(d_kl, se_kl),
         "noise_flag_agreement": float(np.mean(agree)),
         "exact_noise_rate": float(np.mean(ex_flag)),
+        "noise_rate_abs_diff_mean": float(np.mean(rate_diff)),
+        "noise_rate_abs_diff_max": float(np.max(rate_diff)),
         "token_forwards_exact": int(exact_tf),
         "token_forwards_budgeted": int(replay_tf),
         "token_forwards_budgeted_real_run": None if real_tf is None else int(real_tf),
@@ -409,7 +435,7 @@ def smol_setup(args):
 
 def small_setup(args):
     model, encode, meta = train_small_model(args.small_vocab, args.small_train_steps, args.small_width,
-                                             layers=args.small_layers,
+                                             layers=args.small_layers, flat=args.small_corpus == "flat",
                                              cache_dir=args.model_cache)
     items = []
     for set_name, cap in zip(PROBE_SETS, (args.small_paper_probes, args.small_reasonable_probes)):
@@ -423,27 +449,38 @@ def small_setup(args):
 
 
 # ---------------------------------------------------------------------- main
+def _item_key(item) -> tuple:
+    return item["id"], tuple(item["prompt"]), tuple(item["response"]), tuple(item["positions"])
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def run_model(name, model, items, universe, budgets, args, restricted):
     print(f"[{name}] exact scoring of {sum(len(i['positions']) for i in items)} positions "
           f"over {len(universe)} candidates", flush=True)
-    import pickle
-
-    loaded = Path(f"{args.load_records}.{name}.pkl") if args.load_records else None
-    if loaded is not None and loaded.is_file():
-        records = pickle.loads(loaded.read_bytes())
-        same = [(r["id"], r["prompt"], r["response"], r["positions"]) for r in records] == [
-            (i["id"], i["prompt"], i["response"], i["positions"]) for i in items]
-        same = same and all(np.array_equal(row["ids"], _with_original(universe, r["prompt"][row["k"]]))
-                            for r in records for row in r["rows"])
-        if not same:
-            raise SystemExit(f"{loaded} does not hold the exact scores of these probes/positions/universe")
-        print(f"  exact scores loaded from {loaded} (measured when it was written)", flush=True)
-        source = f"loaded from {loaded}"
-    else:
-        records = collect_exact(model, items, universe)
-        source = "computed in this run"
-    if args.save_records:
-        Path(f"{args.save_records}.{name}.pkl").write_bytes(pickle.dumps(records))
+    store = Path(f"{args.records}.{name}.pkl") if args.records else None
+    known = {}
+    if store is not None and store.is_file():
+        known = {_item_key(r): r for r in pickle.loads(store.read_bytes())}
+    records, reused = [], 0
+    for item in items:
+        rec = known.get(_item_key(item))
+        if rec is not None and all(np.array_equal(row["ids"], _with_original(universe, rec["prompt"][row["k"]]))
+                                   for row in rec["rows"]):
+            reused += 1
+        else:
+            rec = collect_exact(model, [item], universe)[0]
+            if store is not None:  # after every probe: an interrupted run loses one probe at most
+                known[_item_key(rec)] = rec
+                _write_atomic(store, pickle.dumps(list(known.values())))
+        records.append(rec)
+    source = f"{reused} of {len(items)} probes' exact scores reused from {store}" if reused else "computed in this run"
+    if reused:
+        print(f"  {source} (wall time as measured when they were computed)", flush=True)
     results = []
     for j, spec in enumerate(budgets):
         budget = parse_budget(spec)
@@ -465,13 +502,17 @@ def markdown(report):
         lines.append(f"\n### {m['model']} (universe {m['universe_size']}, "
                      f"{sum(len(s['positions']) for s in m['subset'])} positions of {len(m['subset'])} probes)\n")
         lines.append("| budget | p50 \\|ΔAS\\| | p95 \\|ΔAS\\| | p50 \\|ΔH'\\| | p95 \\|ΔH'\\| | AS within 2SE | "
-                     "H' within 2SE | noise-flag agreement | token-forwards exact/budgeted | wall exact/budgeted |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+                     "H' within 2SE | H within 2SE | KL within 2SE | noise-flag agreement | "
+                     "\\|Δ noise rate\\| mean / max | token-forwards exact/budgeted | wall exact/budgeted |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in m["results"]:
             cells = [r["spec"], f"{r['abs_dAS_median']:.4f}", f"{r['abs_dAS_p95']:.4f}",
                      f"{r['abs_dH_full_median']:.4f}", f"{r['abs_dH_full_p95']:.4f}",
                      f"{r['within_2se_AS']:.3f}", f"{r['within_2se_H_full']:.3f}",
-                     f"{r['noise_flag_agreement']:.3f}", f"{r['token_forward_ratio']:.1f}x",
+                     f"{r['within_2se_H_prompt']:.3f}", f"{r['within_2se_KL']:.3f}",
+                     f"{r['noise_flag_agreement']:.3f}",
+                     f"{r['noise_rate_abs_diff_mean']:.4f} / {r['noise_rate_abs_diff_max']:.4f}",
+                     f"{r['token_forward_ratio']:.1f}x",
                      "n/a" if r["wall_ratio"] is None else f"{r['wall_ratio']:.1f}x"]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -488,25 +529,27 @@ def main(argv=None):
                    help="which budgets also run through attribute() for wall time (token-forwards come "
                         "from the replay, which the real run checks)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--save-records", default=None, help="pickle the exact per-candidate scores to PREFIX.<model>.pkl")
-    p.add_argument("--load-records", default=None,
-                   help="reuse exact scores pickled by --save-records (same probes, positions and universe)")
+    p.add_argument("--records", default=None,
+                   help="keep the exact per-candidate scores in PREFIX.<model>.pkl: reuse those of the same "
+                        "probes, positions and universe found there, compute the rest (saved after every probe)")
     p.add_argument("--positions-from", choices=("uniform", "spread"), default="uniform",
                    help="scored positions: drawn uniformly from the prompt (seeded per probe; as often as in "
                         "whole-prompt scoring) or evenly spread with both ends (over-weights the first token)")
     p.add_argument("--skip-smol", action="store_true")
     p.add_argument("--skip-small", action="store_true")
-    p.add_argument("--smol-universe", type=int, default=1024)
-    p.add_argument("--smol-paper-probes", type=int, default=2)
-    p.add_argument("--smol-reasonable-probes", type=int, default=2)
-    p.add_argument("--smol-positions", type=int, default=3)
-    p.add_argument("--smol-new-tokens", type=int, default=4)
-    p.add_argument("--smol-window", type=int, default=12,
+    p.add_argument("--smol-universe", type=int, default=4096)
+    p.add_argument("--smol-paper-probes", type=int, default=3)
+    p.add_argument("--smol-reasonable-probes", type=int, default=5)
+    p.add_argument("--smol-positions", type=int, default=4)
+    p.add_argument("--smol-new-tokens", type=int, default=10)
+    p.add_argument("--smol-window", type=int, default=0,
                    help="score positions among the last N prompt tokens only (0: the whole prompt)")
     p.add_argument("--smol-max-prompt", type=int, default=0, help="truncate prompts (0: no)")
-    p.add_argument("--small-vocab", type=int, default=2048)
+    p.add_argument("--small-vocab", type=int, default=4096)
     p.add_argument("--small-width", type=int, default=64)
     p.add_argument("--small-layers", type=int, default=2)
+    p.add_argument("--small-corpus", choices=("flat", "raw"), default="flat",
+                   help="docstrings with whitespace runs made single spaces (prose, like the probes), or raw")
     p.add_argument("--small-train-steps", type=int, default=600)
     p.add_argument("--model-cache", default=None, help="directory to keep the trained small model in")
     p.add_argument("--small-paper-probes", type=int, default=7)
