@@ -299,6 +299,34 @@ def test_exact_set_of_one_is_the_original_token():
     np.testing.assert_allclose(res.info["posterior_mass_covered"], 1.0)
 
 
+def test_tail_regression_never_makes_a_tail_mass_negative():
+    # Sampled tail terms, and controls whose known total is far from what the
+    # sample suggests: the regression correction drives the tail sums of D and
+    # N below zero while D and N themselves stay positive. The estimate must
+    # fall back to Horvitz-Thompson, whose tail is a sum of positive terms.
+    from probattr_monitor.engine import budgeted as bud
+
+    rng = np.random.default_rng(0)
+    n = 20
+    fixed = np.array([100.0, 100.0, -50.0, -50.0, 10.0])
+    x = rng.uniform(0.5, 1.0, size=(n, 4))
+    y = 2.0 - x[:, 1]                                    # tail terms fall as the second control grows
+    fr = np.stack([y, y, -y, -y, 0.01 * y], axis=1) * 0.1
+    inv_p = np.full(n, 10.0)
+    sample_total = (x * inv_p[:, None]).sum(axis=0)
+    x_total = sample_total * np.array([1.0, 5.0, 1.0, 1.0])   # a "known" total far off the sample's
+    t_ht = fixed + (fr * inv_p[:, None]).sum(axis=0)
+    fit_w = inv_p / x[:, 0]                               # the estimator's weighted fit, unguarded
+    coef = np.linalg.solve((x * fit_w[:, None]).T @ x, (x * fit_w[:, None]).T @ fr)
+    t_unguarded = t_ht + (x_total - sample_total) @ coef
+    assert 0 < t_unguarded[0] < fixed[0] and 0 < t_unguarded[1] < fixed[1]
+    t = bud._tail_totals(fixed, fr, inv_p, x, x_total)
+    np.testing.assert_array_equal(t, t_ht)
+    # with consistent control totals the regression is used (and differs from HT)
+    t_greg = bud._tail_totals(fixed, fr, inv_p, x, sample_total * 1.05)
+    assert t_greg[0] > fixed[0] and not np.array_equal(t_greg, t_ht)
+
+
 # ---------------------------------------------------------------------- screening
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_screens_are_the_first_suffix_steps_and_upper_bounds(name):
