@@ -79,6 +79,7 @@ from probattr_monitor.engine.exact import _full_pass, _with_original, response_l
 from probattr_monitor.engine.generation import greedy_response
 from probattr_monitor.engine.modes import scoring_mode
 from probattr_monitor.engine.runner import ModelRunner
+from probattr_monitor.io_utils import atomic_write_bytes, atomic_write_text
 from probattr_monitor.probes import load_probe_set, render
 from probattr_monitor.report.metrics import NoiseConfig, noise_flags
 
@@ -453,12 +454,6 @@ def _item_key(item) -> tuple:
     return item["id"], tuple(item["prompt"]), tuple(item["response"]), tuple(item["positions"])
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def run_model(name, model, items, universe, budgets, args, restricted):
     print(f"[{name}] exact scoring of {sum(len(i['positions']) for i in items)} positions "
           f"over {len(universe)} candidates", flush=True)
@@ -476,7 +471,7 @@ def run_model(name, model, items, universe, budgets, args, restricted):
             rec = collect_exact(model, [item], universe)[0]
             if store is not None:  # after every probe: an interrupted run loses one probe at most
                 known[_item_key(rec)] = rec
-                _write_atomic(store, pickle.dumps(list(known.values())))
+                atomic_write_bytes(store, pickle.dumps(list(known.values())))
         records.append(rec)
     source = f"{reused} of {len(items)} probes' exact scores reused from {store}" if reused else "computed in this run"
     if reused:
@@ -576,7 +571,7 @@ def main(argv=None):
     report["seconds"] = time.perf_counter() - started
     table = markdown(report)
     report["markdown"] = table
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    atomic_write_text(args.out, json.dumps(report, indent=2))
     print(table)
     print(f"\nwrote {args.out} ({report['seconds']:.0f} s)")
 

@@ -31,6 +31,7 @@ import time
 import numpy as np
 import torch
 
+from probattr_monitor.io_utils import atomic_write_text
 from probattr_monitor.models import load_model_and_tokenizer
 from probattr_monitor.probes import load_probe_set, render
 from probattr_monitor.scoring import ScoringConfig, score_probe
@@ -103,8 +104,7 @@ def main(argv=None) -> None:
     print(f"whole '{args.set}' set ({len(probes)} probes): ~{summary['set_token_forwards_estimate'] / 1e6:.2f}M "
           f"token-forwards, ~{summary['set_seconds_estimate'] / 60:.0f} min per scoring at this throughput")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=2)
+        atomic_write_text(args.json, json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
