@@ -92,7 +92,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from probattr_monitor.monitor import HistoryEntry, ProbAttrMonitor, Schedule
-from probattr_monitor.report import AS_CLASSES, METRIC_NAMES, Report
+from probattr_monitor.report import AS_CLASSES, HIGHER_IS_BETTER, METRIC_NAMES, Report
 from probattr_monitor.scoring import ScoringConfig
 
 logger = logging.getLogger(__name__)
@@ -101,9 +101,6 @@ __all__ = ["ProbAttrTrainerCallback", "producible_metric_names"]
 
 #: Argument name HF's restore path passes back to the class (see ``state()``).
 _RESTORE_ARG = "_probattr_restore_placeholder"
-
-#: Metrics for which a lower value is better (``greater_is_better=True`` is then suspicious).
-_LOWER_IS_BETTER = ("noise_rate", "near_zero_rate")
 
 
 def producible_metric_names() -> list[str]:
@@ -314,7 +311,7 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
                     f"metric_for_best_model={args.metric_for_best_model!r} needs scores at evaluation, but the "
                     "callback was created with on_evaluate=False"
                 )
-            if getattr(args, "greater_is_better", None) and metric.split("_ci_")[0] in _LOWER_IS_BETTER:
+            if getattr(args, "greater_is_better", None) and HIGHER_IS_BETTER.get(metric.split("_ci_")[0]) is False:
                 msg = (f"metric_for_best_model={args.metric_for_best_model!r} with greater_is_better=True "
                        "selects the checkpoint with the HIGHEST value of a lower-is-better metric; set "
                        "greater_is_better=False "

@@ -70,6 +70,22 @@ METRIC_NAMES = (
     "mean_entropy_full_near_zero",
 )
 
+#: Direction of each metric, declared beside its definition (as torchmetrics'
+#: ``higher_is_better``): ``False`` where a lower value is better, ``True`` where a
+#: higher value is, ``None`` where the metric has no better direction of its own.
+HIGHER_IS_BETTER: dict[str, Optional[bool]] = {
+    "noise_rate": False,
+    "near_zero_rate": False,
+    "negative_rate": None,
+    "positive_rate": None,
+    "high_rate": None,
+    "mean_abs_as": None,
+    "mean_entropy_prompt": None,
+    "mean_entropy_full": None,
+    "mean_kl": None,
+    "mean_entropy_full_near_zero": None,
+}
+
 # Each metric is a pooled ratio sum(numerator) / sum(denominator) of two
 # ProbeMetrics fields; this is what the bootstrap resamples.
 _RATIO_FIELDS: dict[str, tuple[str, str]] = {
