@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
-import numpy as np
-
-from probattr_monitor.io_utils import atomic_write_text
+from probattr_monitor.io_utils import atomic_write_text, jsonable
 from probattr_monitor.report._deps import require_pandas
 from probattr_monitor.report.metrics import NoiseConfig, SetMetrics, _cfg, compute_metrics
 from probattr_monitor.report.table import (
@@ -54,26 +52,6 @@ TABLE_FILES = {"csv": "tokens.csv", "parquet": "tokens.parquet", "json": "report
 METRICS_FILE = "metrics.json"
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (_dt.datetime, _dt.date)):
-        return value.isoformat()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "to_dict"):
-        return _jsonable(value.to_dict())
-    return str(value)
-
-
 def _dumps(obj: Any) -> str:
     # NaN/Infinity are kept (as Python's json module writes them) so that
     # floats round-trip exactly, like AttributionResult.to_json.
@@ -86,7 +64,7 @@ def normalize_meta(meta: Optional[Mapping[str, Any]]) -> dict[str, Any]:
         return {}
     if not isinstance(meta, Mapping):
         raise TypeError(f"meta must be a mapping, got {type(meta).__name__}")
-    return json.loads(_dumps(_jsonable(meta)))
+    return json.loads(_dumps(jsonable(meta)))
 
 
 @dataclass(eq=False)
