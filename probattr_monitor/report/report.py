@@ -343,8 +343,3 @@ def _default_format(directory: Path) -> str:
         return "parquet"  # raises the ImportError naming the extra
     raise FileNotFoundError(f"report in {directory} has no token table")
 
-
-def load_reports(directories: Sequence[str | Path]) -> list[Report]:
-    """Load several report directories (e.g. one per checkpoint)."""
-    return [Report.load(d) for d in directories]
-
