@@ -13,7 +13,8 @@ pytest.importorskip("matplotlib")
 
 from probattr_monitor.engine.result import AttributionResult  # noqa: E402
 from probattr_monitor.report import Report  # noqa: E402
-from probattr_monitor.report.metrics import NoiseConfig, compute_metrics  # noqa: E402
+from probattr_monitor.report.metrics import compute_metrics  # noqa: E402
+from probattr_monitor.report.noise import NoiseConfig  # noqa: E402
 from probattr_monitor.report.plots import (  # noqa: E402
     as_rgb,
     plot_entropy_vs_as,

@@ -27,7 +27,9 @@ import numpy as np
 
 from probattr_monitor.io_utils import atomic_write, atomic_write_text
 from probattr_monitor.report._deps import require_matplotlib
-from probattr_monitor.report.metrics import AS_CLASSES, METRIC_NAMES, NoiseConfig, SetMetrics, _cfg, classify
+from probattr_monitor.report.definitions import METRIC_NAMES
+from probattr_monitor.report.noise import AS_CLASSES, NoiseConfig, classify, resolve_noise_config
+from probattr_monitor.report.values import SetMetrics
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -390,7 +392,7 @@ def plot_entropy_vs_as(
     -------
     Path
     """
-    cfg = _cfg(cfg)
+    cfg = resolve_noise_config(cfg)
     if xscale not in ("symlog", "linear"):
         raise ValueError(f"xscale must be 'symlog' or 'linear', got {xscale!r}")
     rows = _eligible(table, probe_ids)
@@ -435,7 +437,7 @@ def plot_kl_vs_as(
     -------
     Path
     """
-    cfg = _cfg(cfg)
+    cfg = resolve_noise_config(cfg)
     if xscale not in ("symlog", "linear"):
         raise ValueError(f"xscale must be 'symlog' or 'linear', got {xscale!r}")
     rows = _eligible(table, probe_ids)

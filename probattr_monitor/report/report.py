@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 from probattr_monitor.io_utils import atomic_write_text, jsonable
 from probattr_monitor.report._deps import require_pandas
-from probattr_monitor.report.metrics import NoiseConfig, SetMetrics, _cfg, compute_metrics
+from probattr_monitor.report.metrics import compute_metrics
+from probattr_monitor.report.noise import NoiseConfig, resolve_noise_config
 from probattr_monitor.report.table import (
     Step,
     build_token_table,
@@ -35,6 +36,7 @@ from probattr_monitor.report.table import (
     write_table_csv,
     write_table_parquet,
 )
+from probattr_monitor.report.values import SetMetrics
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -143,7 +145,7 @@ class Report:
         -------
         Report
         """
-        cfg = _cfg(cfg)
+        cfg = resolve_noise_config(cfg)
         table = build_token_table(scored, step=step, cfg=cfg, template_masks=template_masks, decode=decode)
         metrics = compute_metrics(table, cfg, n_boot=n_boot, seed=seed, ci=ci)
         full = {
