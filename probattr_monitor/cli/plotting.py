@@ -19,7 +19,7 @@ def safe_name(text: str) -> str:
 def write_tokens_page(report: Any, path: Path) -> Path:
     """One HTML page with every probe's tokens coloured by AS (no matplotlib needed)."""
     from probattr_monitor.io_utils import atomic_write_text
-    from probattr_monitor.report.plots import tokens_html
+    from probattr_monitor.report.html_views import tokens_html
 
     table = report.table
     probes = list(dict.fromkeys(str(p) for p in table["probe_id"].tolist()))

@@ -44,12 +44,8 @@ def render_plots(report: Report, directory: Path, *, max_token_plots: int = DEFA
     ImportError
         matplotlib is missing (the ``plots`` extra).
     """
-    from probattr_monitor.report.plots import (
-        plot_entropy_vs_as,
-        plot_kl_vs_as,
-        plot_tokens_by_as,
-        write_tokens_html,
-    )
+    from probattr_monitor.report.html_views import write_tokens_html
+    from probattr_monitor.report.plots import plot_entropy_vs_as, plot_kl_vs_as, plot_tokens_by_as
 
     table: Any = report.table
     if len(table) == 0:
