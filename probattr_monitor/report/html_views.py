@@ -1,14 +1,15 @@
 """HTML views of a probe's tokens coloured by AS (no matplotlib needed).
 
 :func:`tokens_html` renders one probe as an HTML fragment or page, each token
-with a tooltip of its scores. Files are written atomically.
+with a tooltip of its scores; :func:`tokens_page` puts every probe of a report
+on one page. Files are written atomically.
 """
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from probattr_monitor.io_utils import atomic_write_text
 from probattr_monitor.report.token_view import probe_tokens, token_colours
@@ -96,3 +97,36 @@ def write_tokens_html(table: "pd.DataFrame", probe_id: str, path: Union[str, Pat
     """Write :func:`tokens_html` as a full HTML page, atomically; returns the path."""
     return atomic_write_text(path, tokens_html(table, probe_id, vmax=vmax, full_document=True))
 
+
+def tokens_page(report: Any) -> str:
+    """Every probe of ``report`` on one HTML page, with its response when the meta records it.
+
+    Parameters
+    ----------
+    report : Report
+        Its ``meta["responses"]`` (probe id to response text), when present,
+        adds each probe's response under its tokens.
+
+    Returns
+    -------
+    str
+        A complete ``<!DOCTYPE html>`` page.
+    """
+    table = report.table
+    probes = list(dict.fromkeys(str(p) for p in table["probe_id"].tolist()))
+    title = html.escape(f"probattr: prompt tokens by attribution score (step {report.step})")
+    parts = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head><body>",
+             f"<h2>{title}</h2>"]
+    responses = report.meta.get("responses") or {}
+    for pid in probes:
+        parts.append(f"<h3>{html.escape(pid)}</h3>")
+        parts.append(tokens_html(table, pid))
+        if pid in responses:
+            parts.append(f"<p><b>response:</b> <code>{html.escape(str(responses[pid]))}</code></p>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_tokens_page(report: Any, path: Union[str, Path]) -> Path:
+    """Write :func:`tokens_page` atomically; returns the path."""
+    return atomic_write_text(path, tokens_page(report))
