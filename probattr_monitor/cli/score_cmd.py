@@ -63,7 +63,7 @@ def _positive_int(value: str) -> int:
 
 def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     """Register ``score``."""
-    from probattr_monitor.report.metrics import DEFAULT_ENTROPY_MODE, DEFAULT_ENTROPY_THRESHOLD, ENTROPY_MODES
+    from probattr_monitor.report.noise import DEFAULT_ENTROPY_MODE, DEFAULT_ENTROPY_THRESHOLD, ENTROPY_MODES
 
     p = subparsers.add_parser("score", parents=parents, help="score a checkpoint on a probe set and write its report",
                               description=DESCRIPTION, epilog=EPILOG,
