@@ -19,6 +19,7 @@ from probattr_monitor.engine.text import DECODINGS, make_response, with_token_te
 from probattr_monitor.engine.validation import context_limit
 from probattr_monitor.probes import Probe, ProbeSet, render
 from probattr_monitor.report import NoiseConfig, Report
+from probattr_monitor.tokenization import encode_text
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig)
     rendered = render(probe, tokenizer)
     limit = context_limit(model)
     if probe.response is not None:
-        response_ids = list(tokenizer(probe.response, add_special_tokens=False)["input_ids"])
+        response_ids = encode_text(tokenizer, probe.response)
         needed = len(rendered.ids) + len(response_ids)
     else:
         response_ids = None

@@ -83,7 +83,7 @@ from probattr_monitor.engine.modes import scoring_mode
 from probattr_monitor.engine.result import AttributionResult
 from probattr_monitor.engine.runner import FullPass, ModelRunner
 from probattr_monitor.engine.stats import PositionStats, position_stats, top_k
-from probattr_monitor.engine.validation import as_id_list, check_candidates, validate_request
+from probattr_monitor.engine.validation import as_token_ids, check_candidates, validate_request
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class Budget:
                 object.__setattr__(self, "universe", None)
                 return
             try:
-                ids = as_id_list(self.universe, "Budget.universe")
+                ids = as_token_ids(self.universe, "Budget.universe")
             except ValueError as err:
                 if "empty" in str(err):
                     raise ValueError("Budget.universe is empty: give None (whole vocabulary) or "
