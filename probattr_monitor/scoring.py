@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
-from probattr_monitor.engine.budgeted import Budget
-from probattr_monitor.engine.exact import attribute
-from probattr_monitor.engine.result import AttributionResult
+
+from probattr_monitor.engine import AttributionResult, Budget, attribute
 from probattr_monitor.engine.text import DECODINGS, make_response, with_token_texts
 from probattr_monitor.engine.validation import context_limit
 from probattr_monitor.probes import Probe, ProbeSet, render

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from probattr_monitor.engine.exact import attribute
+from probattr_monitor.engine.api import attribute
 from probattr_monitor.engine.generation import greedy_response, top_p_response
 from probattr_monitor.engine.result import AttributionResult
 from probattr_monitor.tokenization import encode_text, prepend_bos_ids, special_ids, token_texts
