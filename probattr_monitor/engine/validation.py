@@ -146,13 +146,30 @@ def context_limit(model: Any) -> Optional[int]:
     return None
 
 
-def check_context(model: Any, length: int) -> None:
-    """Raise ``ValueError`` if ``length`` tokens exceed the model's context window."""
+def check_fits_context(model: Any, length: int, what: str = "prompt + response",
+                       counting: Optional[str] = None) -> None:
+    """Raise ``ValueError`` if ``length`` tokens exceed the model's context window.
+
+    Parameters
+    ----------
+    model
+        The model; a window is known only if its config declares one (:func:`context_limit`).
+    length : int
+        Tokens needed.
+    what : str
+        What needs them, for the message (``"probe 'p1'"``).
+    counting : str, optional
+        What the count is made of, for the message (``"prompt + response"``).
+
+    Raises
+    ------
+    ValueError
+        ``"<what> needs <length> tokens (<counting>) but the model's context window is <limit>"``.
+    """
     limit = context_limit(model)
     if limit is not None and length > limit:
-        raise ValueError(
-            f"prompt + response is {length} tokens, longer than the model's context window of {limit} positions"
-        )
+        made_of = "" if counting is None else f" ({counting})"
+        raise ValueError(f"{what} needs {length} tokens{made_of} but the model's context window is {limit}")
 
 
 def declared_vocab_size(model: Any) -> Optional[int]:
@@ -190,5 +207,5 @@ def validate_request(
     if declared is not None:
         check_in_vocab(prompt, declared, "prompt_ids")
         check_in_vocab(response, declared, "response_ids")
-    check_context(model, len(prompt) + len(response))
+    check_fits_context(model, len(prompt) + len(response))
     return prompt, response, pos, bs
