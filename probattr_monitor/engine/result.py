@@ -6,9 +6,9 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class AttributionResult:
     token_ids : numpy.ndarray
         The prompt token ``x_k`` at each scored position (int64).
     attribution : numpy.ndarray
-        AS_k = log P(y|x) - log P(y|x_-k) (DESIGN.md section 2, eq. 3/7).
+        AS_k = log P(y|x) - log P(y|x_-k) (docs/design.md section 2, eq. 3/7).
     log_numerator : numpy.ndarray
         log P(x_>k, y | x_<k) over the candidate set (eq. 8).
     log_denominator : numpy.ndarray
@@ -203,8 +203,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return value
     return value
-
-
-def result_field_names() -> Sequence[str]:
-    """Names of every field of :class:`AttributionResult` (for schema checks)."""
-    return [f.name for f in fields(AttributionResult)]
