@@ -20,8 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_models import NoCacheLM, tiny_gpt2, tiny_llama  # noqa: E402
 
 from probattr_monitor import Budget, attribute  # noqa: E402
-from probattr_monitor.engine.budgeted import STDERR_FIELDS, _screen_log_probs, attribute_budgeted  # noqa: E402
-from probattr_monitor.engine.exact import _full_pass, candidate_scores  # noqa: E402
+from probattr_monitor.engine.budgeted import attribute_budgeted  # noqa: E402
+from probattr_monitor.engine.passes import candidate_scores, full_pass as _full_pass  # noqa: E402
+from probattr_monitor.engine.screening import screen_log_probs as _screen_log_probs  # noqa: E402
+from probattr_monitor.engine.tail import STDERR_FIELDS  # noqa: E402
 from probattr_monitor.engine.modes import scoring_mode  # noqa: E402
 from probattr_monitor.engine.runner import ModelRunner  # noqa: E402
 
@@ -269,7 +271,7 @@ def test_cost_accounting(gpt2_case, screen, refine):
 
 def test_screen_and_refine_sizes_follow_the_mass():
     """A screen covers SCREEN_MASS of the prior (within its bounds); the refine stage likewise."""
-    from probattr_monitor.engine import budgeted as bud
+    from probattr_monitor.engine import screening as bud
 
     peaked = np.log(np.r_[0.9995, np.full(999, 0.0005 / 999)])
     assert bud._mass_count(peaked, 0.999, 1, 1000) == 1
@@ -304,7 +306,7 @@ def test_tail_regression_never_makes_a_tail_mass_negative():
     # sample suggests: the regression correction drives the tail sums of D and
     # N below zero while D and N themselves stay positive. The estimate must
     # fall back to Horvitz-Thompson, whose tail is a sum of positive terms.
-    from probattr_monitor.engine import budgeted as bud
+    from probattr_monitor.engine import tail as bud
 
     rng = np.random.default_rng(0)
     n = 20

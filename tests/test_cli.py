@@ -22,7 +22,7 @@ from probattr_monitor.cli.candidates import CandidateSpec, parse_candidates
 from probattr_monitor.cli.checkpoint import detect_prefix
 from probattr_monitor.cli.errors import CLIError
 from probattr_monitor.probes import load_probe_set
-from probattr_monitor.engine.budgeted import Budget
+from probattr_monitor.engine.budget import Budget
 from probattr_monitor.report import Report
 from probattr_monitor.scoring import ScoringConfig
 

@@ -31,7 +31,7 @@ from lit_helpers import (  # noqa: E402
     write_probes,
 )
 from probattr_monitor.callbacks import ProbAttrCallback  # noqa: E402
-from probattr_monitor.engine.budgeted import Budget  # noqa: E402
+from probattr_monitor.engine.budget import Budget  # noqa: E402
 from probattr_monitor.callbacks.lightning import logged_keys  # noqa: E402
 from probattr_monitor.monitor import ProbAttrMonitor, Schedule  # noqa: E402
 from probattr_monitor.sinks import read_history  # noqa: E402

@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class AttributionResult:
     token_ids : numpy.ndarray
         The prompt token ``x_k`` at each scored position (int64).
     attribution : numpy.ndarray
-        AS_k = log P(y|x) - log P(y|x_-k) (DESIGN.md section 2, eq. 3/7).
+        AS_k = log P(y|x) - log P(y|x_-k) (docs/design.md section 2, eq. 3/7).
     log_numerator : numpy.ndarray
         log P(x_>k, y | x_<k) over the candidate set (eq. 8).
     log_denominator : numpy.ndarray
@@ -187,7 +187,3 @@ class AttributionResult:
             writer.writerows(flat)
         return atomic_write_text(path, buf.getvalue())
 
-
-def result_field_names() -> Sequence[str]:
-    """Names of every field of :class:`AttributionResult` (for schema checks)."""
-    return [f.name for f in fields(AttributionResult)]
