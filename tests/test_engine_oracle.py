@@ -154,8 +154,10 @@ def oracle(table, prompt, response, positions, candidates):
         res["kl"].append(np.sum(pp * (log_pp - log_p)))
         res["prior"].append(dict(zip(cand, p)))
         res["posterior"].append(dict(zip(cand, pp)))
-    for name in SCORE_NAMES:
-        res[name] = np.asarray(res[name], dtype=np.float64)
+        res.setdefault("surprisal_prompt", []).append(-log_p[cand.index(int(prompt[k]))])
+        res.setdefault("surprisal_full", []).append(-log_pp[cand.index(int(prompt[k]))])
+    for name in (*SCORE_NAMES, "surprisal_prompt", "surprisal_full"):
+        res[name] = np.asarray(res.get(name, []), dtype=np.float64)
     res["log_p_response"] = log_p_response
     return res
 
@@ -189,6 +191,9 @@ def assert_matches_oracle(res, exp, prompt, positions, num_candidates, case: str
         np.testing.assert_allclose(
             got, exp[name], rtol=0, atol=ATOL, err_msg=f"{case}: {name} (got vs oracle)"
         )
+    for name in ("surprisal_prompt", "surprisal_full"):  # -log p_k(x_k), -log p'_k(x_k)
+        np.testing.assert_allclose(getattr(res, name), exp[name], rtol=0, atol=ATOL, err_msg=f"{case}: {name}")
+    np.testing.assert_allclose(res.surprisal_prompt - res.surprisal_full, res.attribution, rtol=0, atol=ATOL)
     assert int(res.num_candidates) == num_candidates, (
         f"{case}: num_candidates {res.num_candidates} != {num_candidates}"
     )

@@ -42,6 +42,7 @@ from probattr_monitor.engine.passes import (
     candidate_scores,
     full_pass,
     response_log_prob,
+    token_log_joints,
     with_original,
 )
 from probattr_monitor.engine.result import AttributionResult
@@ -155,7 +156,8 @@ def attribute_budgeted(
         "num_candidates_per_position": set_sizes,
         **per_pos,
     }
-    return assemble_result(prompt, response, pos, stats, log_p_response, max(set_sizes), info, stderr=stderr)
+    return assemble_result(prompt, response, pos, stats, log_p_response, max(set_sizes), info, stderr=stderr,
+                           token_log_joint=token_log_joints(full, prompt, pos))
 
 
 def estimate_position(

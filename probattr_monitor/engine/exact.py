@@ -18,6 +18,7 @@ from probattr_monitor.engine.passes import (
     candidate_scores,
     full_pass,
     response_log_prob,
+    token_log_joints,
     with_original,
 )
 from probattr_monitor.engine.result import AttributionResult
@@ -71,4 +72,5 @@ def attribute_exact(
         "seconds": time.perf_counter() - started,
         "num_candidates_per_position": set_sizes,
     }
-    return assemble_result(prompt, response, pos, stats, log_p_response, max(set_sizes), info)
+    return assemble_result(prompt, response, pos, stats, log_p_response, max(set_sizes), info,
+                           token_log_joint=token_log_joints(full, prompt, pos))

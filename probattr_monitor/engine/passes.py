@@ -50,6 +50,15 @@ def response_log_prob(full: FullPass, prompt_len: int, response: list[int]) -> f
     return float(full.log_probs[rows, torch.tensor(response)].sum())
 
 
+def token_log_joints(full: FullPass, prompt: list[int], positions: np.ndarray) -> np.ndarray:
+    """``a_k(x_k) = sum_{k <= i < n} log p(x_i | x_<i)`` at each position: the prompt's own token's score."""
+    n = len(prompt)
+    rows = torch.arange(0, n - 1)
+    token_lp = full.log_probs[rows, torch.tensor(prompt[1:])].numpy()  # token_lp[i - 1] = log p(x_i | x_<i)
+    suffix = np.cumsum(token_lp[::-1])[::-1]  # suffix[k - 1] = sum over i >= k
+    return np.array([suffix[int(k) - 1] for k in positions], dtype=np.float64)
+
+
 def with_original(cand: np.ndarray, original: int) -> np.ndarray:
     """The sorted candidate ids ``cand`` with the original token ``original`` added if missing."""
     if np.any(cand == original):
@@ -102,8 +111,18 @@ def assemble_result(
     num_candidates: int,
     info: dict,
     stderr: Optional[dict] = None,
+    token_log_joint: Optional[np.ndarray] = None,
 ) -> AttributionResult:
-    """Stack per-position statistics into an :class:`AttributionResult`."""
+    """Stack per-position statistics into an :class:`AttributionResult`.
+
+    ``token_log_joint`` (:func:`token_log_joints`) is exact, so the surprisals'
+    standard errors are those of ``log_denominator`` and ``log_numerator``.
+    """
+    stderr = dict(stderr or {})
+    if token_log_joint is not None:
+        for name, source in (("surprisal_prompt", "log_denominator"), ("surprisal_full", "log_numerator")):
+            if source in stderr:
+                stderr[name] = stderr[source]
 
     def col(name: str) -> np.ndarray:
         return np.array([getattr(s, name) for s in stats], dtype=np.float64)
@@ -129,6 +148,7 @@ def assemble_result(
         prompt_ids=tuple(prompt),
         response_ids=tuple(response),
         num_candidates=int(num_candidates),
-        stderr=stderr or {},
+        token_log_joint=token_log_joint,
+        stderr=stderr,
         info=info,
     )
