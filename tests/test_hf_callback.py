@@ -127,7 +127,7 @@ def test_final_weights_bit_identical_with_and_without_callback(tmp_path, probes)
     assert hist[1]["noise_rate"] == pytest.approx(cb.history[1].value)
     assert (out / "step-00000004" / "tokens.csv").exists()
     config = json.loads((out / "config.json").read_text())
-    assert config["probe_fingerprint"] == cb.monitor.probe_set.fingerprint
+    assert config["fingerprint"] == cb.monitor.probe_set.fingerprint
     assert config["scoring"]["max_new_tokens"] == 3
 
 
@@ -409,7 +409,7 @@ def test_wandb_offline_run_directory(tmp_path, probes, monkeypatch, who_starts_t
     assert len(probes_table["data"]) == 3
     # run config: fingerprint and scoring settings
     config = wandb_config(run_dir)
-    assert config["probattr"]["probe_fingerprint"] == cb.monitor.probe_set.fingerprint
+    assert config["probattr"]["fingerprint"] == cb.monitor.probe_set.fingerprint
     assert config["probattr"]["scoring"]["candidates"] == "all"
     if who_starts_the_run == "user-wandb-init":
         assert config["mine"] == 1

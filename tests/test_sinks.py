@@ -22,7 +22,9 @@ from lit_helpers import (
 from probattr_monitor.probes import load_probe_set
 from probattr_monitor.report import Report
 from probattr_monitor.scoring import score_probe_set
-from probattr_monitor.sinks import FileSink, WandbSink, read_history, step_dir_name, table_keys
+from probattr_monitor.sinks import FileSink, WandbSink, read_history
+from probattr_monitor.sinks.files import step_dir_name
+from probattr_monitor.sinks.wandb import table_keys
 
 wandb = pytest.importorskip("wandb")
 
