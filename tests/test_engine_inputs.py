@@ -1,6 +1,6 @@
 """Input validation of :func:`probattr_monitor.attribute`.
 
-DESIGN.md section 3: bad input raises ``ValueError`` or ``TypeError`` with a
+docs/design.md section 3: bad input raises ``ValueError`` or ``TypeError`` with a
 message that names the problem. Each case below asserts the exception type
 and that the message contains every listed key word (case-insensitive regular
 expressions, deliberately loose: ``prompt`` and ``vocab|range`` for an

@@ -2,7 +2,7 @@
 
 For a tiny model with a vocabulary of ``V <= 6`` tokens, the oracle writes down
 the model's whole joint distribution over the tokens that follow the first
-prompt token and derives every quantity of DESIGN.md section 2 by *summing that
+prompt token and derives every quantity of docs/design.md section 2 by *summing that
 table*. It never evaluates the engine's ``a_k(v)`` / ``b_k(v)`` formulas, so it
 checks the formulas as well as their implementation (prefix KV reuse, batching,
 padding, candidate gathering).
@@ -110,7 +110,7 @@ def joint_log_table(model, x0: int, length: int, vocab: int, chunk: int = 4096) 
 
 
 def oracle(table, prompt, response, positions, candidates):
-    """Every DESIGN.md section 2 quantity, from sums of the joint table.
+    """Every docs/design.md section 2 quantity, from sums of the joint table.
 
     Parameters
     ----------

@@ -7,7 +7,7 @@ split the candidates into several batches.
 Reference used here
 -------------------
 ``naive_reference(model, prompt, response, positions, candidates)``
-    The literal formulas of DESIGN.md section 2 evaluated with one independent
+    The literal formulas of docs/design.md section 2 evaluated with one independent
     full-sequence forward per (position, candidate) and no caching:
     ``a_k(v) = sum_{i=k}^{n-1} log p(z_i | z_<i)`` and
     ``b_k(v) = a_k(v) + sum_j log p(y_j | ...)`` on ``z = (x_<k, v, x_>k, y)``,
@@ -18,7 +18,7 @@ Reference used here
 
 Properties checked
 ------------------
-* ``AS_k = log p'_k(x_k) - log p_k(x_k)`` (DESIGN.md section 2), read from
+* ``AS_k = log p'_k(x_k) - log p_k(x_k)`` (docs/design.md section 2), read from
   the engine's own top-candidate arrays when ``|C| <= TOP_K`` and from the
   naive reference otherwise.
 * ``candidates="all"`` equals the explicit ``range(V)``.
@@ -69,7 +69,7 @@ def _lse(a: np.ndarray) -> float:
 
 
 def naive_reference(model, prompt, response, positions, candidates):
-    """DESIGN.md section 2 by one uncached forward per (position, candidate).
+    """docs/design.md section 2 by one uncached forward per (position, candidate).
 
     Returns a dict with the six per-position score arrays, ``log_p_response``
     and ``log_prior`` / ``log_posterior``: per position, a dict id -> log prob.
