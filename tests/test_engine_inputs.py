@@ -12,16 +12,13 @@ inside the model is a failure here.
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_models import LogitsOnly, NoCacheLM, tiny_gpt2  # noqa: E402
+from helpers.models import LogitsOnly, NoCacheLM, tiny_gpt2
 
 from probattr_monitor import attribute  # noqa: E402
 
