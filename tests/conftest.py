@@ -4,7 +4,9 @@
   Tiny models run fastest on one thread, and far faster on a busy shared
   machine. A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``;
   a module-scoped fixture that runs a model requests it too, so that it runs first.
-* ``offline_wandb``: W&B offline and silent for one test, and no run left active after it.
+* ``offline_wandb``: W&B offline and silent for one test; after it no run is left
+  active and W&B's process-wide setup is torn down, so the next test's
+  ``WANDB_DIR`` and other settings are read afresh.
 """
 
 from __future__ import annotations
@@ -29,5 +31,7 @@ def offline_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     yield
     wandb = sys.modules.get("wandb")  # a test that never imported wandb started no run
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()
+    if wandb is not None:
+        if wandb.run is not None:
+            wandb.finish()
+        wandb.teardown()  # W&B keeps the settings (WANDB_DIR, ...) of its first run until torn down

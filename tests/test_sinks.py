@@ -21,6 +21,8 @@ from probattr_monitor.sinks import FileSink, WandbSink, read_history, step_dir_n
 
 wandb = pytest.importorskip("wandb")
 
+pytestmark = pytest.mark.usefixtures("offline_wandb")
+
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory, one_thread):
