@@ -2,8 +2,7 @@
 
 Every factory builds a float32 model from a seed without touching the caller's
 global RNG state (except :func:`trainer_gpt2`, which seeds it on purpose, as
-the Trainer tests always did, and :class:`NoCacheLM`, whose layers draw their
-default weights from it before they are re-drawn). The engine's models (:func:`tiny_gpt2`,
+the Trainer tests always did). The engine's models (:func:`tiny_gpt2`,
 :func:`tiny_llama`, :class:`NoCacheLM`) are in eval mode with dropout 0 and
 weights drawn with a much larger spread than the libraries' defaults, so that
 the next-token distributions are far from uniform, depend strongly on the
@@ -271,6 +270,7 @@ class NoCacheLM(nn.Module):
     def __init__(self, vocab_size: int, seed: int, with_config: bool = True):
         super().__init__()
         d, max_pos = 16, 64
+        rng = torch.get_rng_state()  # the layers' default init is re-drawn below: leave the caller's RNG as it was
         self.embed = nn.Embedding(vocab_size, d)
         self.pos = nn.Embedding(max_pos, d)
         self.q = nn.Linear(d, d)
@@ -281,6 +281,7 @@ class NoCacheLM(nn.Module):
         self.up = nn.Linear(d, 2 * d)
         self.down = nn.Linear(2 * d, d)
         self.head = nn.Linear(d, vocab_size)
+        torch.set_rng_state(rng)
         self.vocab_size = vocab_size
         if with_config:
             self.config = SimpleNamespace(vocab_size=vocab_size)
