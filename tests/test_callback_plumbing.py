@@ -16,7 +16,13 @@ from probattr_monitor.report import AS_CLASSES, METRIC_NAMES, metrics_from_probe
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from hf_helpers import make_trainer, scoring, write_probes  # noqa: E402
+from helpers.hf import PROBES, make_trainer  # noqa: E402
+from helpers.probes import scoring_config as scoring  # noqa: E402
+from helpers.probes import write_probes as _write_probes  # noqa: E402
+
+
+def write_probes(directory):
+    return _write_probes(directory / "probes.jsonl", PROBES)
 
 
 def test_one_key_list_for_monitor_and_both_callbacks(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_models import tiny_gpt2  # noqa: E402
+from helpers.models import tiny_gpt2  # noqa: E402
 
 from probattr_monitor import Budget, attribute  # noqa: E402
 from probattr_monitor.engine.modes import preserved_module_modes, scoring_mode  # noqa: E402

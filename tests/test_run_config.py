@@ -21,8 +21,10 @@ pytest.importorskip("transformers")
 
 from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 
-from hf_helpers import make_trainer, wandb_config, wandb_run_dir  # noqa: E402
-from lit_helpers import TinyLitLM, scoring_config, trainer_kwargs, word_tokenizer, write_probes  # noqa: E402
+from helpers.hf import make_trainer  # noqa: E402
+from helpers.lit import PROBES, TinyLitLM, trainer_kwargs, word_tokenizer  # noqa: E402
+from helpers.probes import scoring_config, write_probes  # noqa: E402
+from helpers.wandb_offline import wandb_config, wandb_run_dir  # noqa: E402
 from probattr_monitor.callbacks import ProbAttrCallback, ProbAttrTrainerCallback  # noqa: E402
 from probattr_monitor.monitor.run_config import RunConfig  # noqa: E402
 
@@ -72,7 +74,7 @@ def hf_run_config(probes: str, root: Path) -> tuple[dict, dict]:
 
 
 def test_run_config_is_the_same_for_lightning_and_hf(tmp_path):
-    probes = str(write_probes(tmp_path / "probes.jsonl"))
+    probes = str(write_probes(tmp_path / "probes.jsonl", PROBES))
     lit, lit_expected = lightning_run_config(probes, tmp_path / "lightning")
     hf, hf_expected = hf_run_config(probes, tmp_path / "hf")
 
