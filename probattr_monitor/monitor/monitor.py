@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from probattr_monitor.distributed import is_rank_zero
-from probattr_monitor.engine.validation import context_limit
+from probattr_monitor.engine.validation import check_fits_context, context_limit
 from probattr_monitor.monitor.guard import training_state_guard
 from probattr_monitor.monitor.keys import scalar_keys
 from probattr_monitor.monitor.schedule import Schedule
@@ -162,12 +162,9 @@ class ProbAttrMonitor:
         if limit is None or self._checked_for == limit:
             return
         for probe in self.probe_set:
-            n = len(render(probe, self.tokenizer).ids) + self.scoring.max_new_tokens
-            if n > limit:
-                raise ValueError(
-                    f"probe {probe.id!r} of {self.probe_set.name!r} needs {n} tokens (prompt + "
-                    f"max_new_tokens={self.scoring.max_new_tokens}) but the model's context window is {limit}"
-                )
+            check_fits_context(model, len(render(probe, self.tokenizer).ids) + self.scoring.max_new_tokens,
+                               f"probe {probe.id!r} of {self.probe_set.name!r}",
+                               f"prompt + max_new_tokens={self.scoring.max_new_tokens}")
         self._checked_for = limit
 
     # ------------------------------------------------------------------ running

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from probattr_monitor import __version__
+from probattr_monitor.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from probattr_monitor.monitor.monitor import ProbAttrMonitor
