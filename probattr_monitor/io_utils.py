@@ -138,7 +138,8 @@ def replace_files(
     Raises
     ------
     ValueError
-        A name is not a plain file name, or ``last`` is not among ``writers``.
+        A name is not a plain file name, or ``last`` is not among ``writers``;
+        or an interrupted change found in ``directory`` cannot be finished.
     OSError
         The files cannot be written; the directory is then left as it was.
 
@@ -160,9 +161,9 @@ def replace_files(
     try:
         for name in [n for n in names if n != last] + [last]:
             writers[name](staging / name)
-            with open(staging / name, "rb") as fh:
-                os.fsync(fh.fileno())
+            _fsync_file(staging / name)
         (staging / _PLAN_FILE).write_text(json.dumps({"last": last, "remove": removed}), encoding="utf-8")
+        _fsync_file(staging / _PLAN_FILE)
         fsync_dir(staging)
         os.rename(staging, directory / PENDING_DIR)  # the commit point
     except BaseException:
@@ -180,6 +181,11 @@ def finish_replace(directory: str | Path) -> bool:
     -------
     bool
         Whether a committed change was found (and is now complete).
+
+    Raises
+    ------
+    ValueError
+        The change's plan is damaged (the message names the directory to remove).
     """
     directory = Path(directory)
     for staging in directory.glob(STAGING_PREFIX + "*"):
@@ -188,7 +194,13 @@ def finish_replace(directory: str | Path) -> bool:
     if not pending.is_dir():
         return False
     plan_path = pending / _PLAN_FILE
-    plan = json.loads(plan_path.read_text(encoding="utf-8")) if plan_path.exists() else {}
+    try:
+        plan = json.loads(plan_path.read_text(encoding="utf-8")) if plan_path.exists() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{plan_path} is damaged ({err}): cannot finish the save interrupted in {directory}; "
+            f"remove {pending} to discard it"
+        ) from None
     last = plan.get("last")
     for path in sorted(pending.iterdir()):
         if path.name not in (_PLAN_FILE, last):
@@ -248,6 +260,11 @@ def jsonable(value: Any) -> Any:
     if hasattr(value, "to_dict"):
         return jsonable(value.to_dict())
     return str(value)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def _umask() -> int:
