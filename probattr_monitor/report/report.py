@@ -264,8 +264,8 @@ class Report:
         ----------
         directory : str or Path
         fmt : {"csv", "parquet", "json"}, optional
-            Table format to read. By default, of the saved formats: Parquet if
-            pyarrow is installed, else JSON, else CSV.
+            Table format to read. By default, of the saved formats whose file
+            is there: Parquet if pyarrow is installed, else JSON, else CSV.
 
         Returns
         -------
@@ -407,8 +407,9 @@ def _saved_formats(directory: Path, manifest: Mapping[str, Any], manifest_path: 
 
 
 def _default_format(directory: Path, saved: Sequence[str]) -> str:
-    """Of the saved formats: Parquet if pyarrow is installed, else JSON, else CSV."""
-    if "parquet" in saved:
+    """Of the saved formats whose file is there: Parquet if pyarrow is installed, else JSON, else CSV."""
+    present = [f for f in saved if current_path(directory, TABLE_FILES[f]).exists()]
+    if "parquet" in present:
         try:
             import pyarrow  # noqa: F401
 
@@ -416,8 +417,11 @@ def _default_format(directory: Path, saved: Sequence[str]) -> str:
         except ImportError:
             logger.info("pyarrow missing: reading the JSON/CSV table instead of Parquet")
     for fmt in ("json", "csv", "parquet"):  # parquet last: raises the ImportError naming the extra
-        if fmt in saved:
+        if fmt in present:
             return fmt
+    if saved:
+        missing = ", ".join(TABLE_FILES[f] for f in saved)
+        raise FileNotFoundError(f"report in {directory} has no token table: {missing} missing")
     raise FileNotFoundError(f"report in {directory} has no token table")
 
 

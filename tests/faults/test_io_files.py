@@ -177,3 +177,13 @@ def test_a_history_with_garbage_lines_stays_appendable(tmp_path):
     sink.log(report_at(2), 2)
     assert sink.failures == []
     assert [h["step"] for h in read_history(tmp_path)] == [1, 2]
+
+
+def test_a_deleted_table_falls_back_to_another_saved_format_and_none_left_names_them(tmp_path):
+    rep = report_at(6)
+    rep.save(tmp_path, ("csv", "parquet"))
+    (tmp_path / "tokens.parquet").unlink()
+    assert Report.load(tmp_path) == rep
+    (tmp_path / "tokens.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tokens\.csv, tokens\.parquet missing"):
+        Report.load(tmp_path)
