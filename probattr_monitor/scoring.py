@@ -14,6 +14,14 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import torch
 
 from probattr_monitor.engine import AttributionResult, Budget, attribute
+from probattr_monitor.engine.memory import (
+    CANDIDATE_BATCH,
+    FULL_PASS,
+    GENERATION,
+    OomSite,
+    is_out_of_memory,
+    oom_site,
+)
 from probattr_monitor.engine.text import DECODINGS, make_response, with_token_texts
 from probattr_monitor.engine.validation import check_fits_context
 from probattr_monitor.probes import Probe, ProbeSet, render
@@ -140,31 +148,57 @@ def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig)
     return ProbeScore(probe.id, res, tuple(rendered.template_mask), None, time.perf_counter() - started)
 
 
-#: How many times a probe that ran out of memory is retried with smaller batches.
-OOM_RETRIES = 3
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is an out-of-memory error of torch (CUDA, MPS or CPU allocator)."""
-    oom_type = getattr(torch, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(err, oom_type):
-        return True
-    return isinstance(err, (RuntimeError, MemoryError)) and "out of memory" in str(err).lower()
-
-
 def _score_with_oom_retry(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig) -> ProbeScore:
-    for attempt in range(OOM_RETRIES + 1):
+    """:func:`score_probe`, retried at half the batch that ran out of memory, down to 1.
+
+    Only a candidate batch can be made smaller; out of memory in the full pass
+    (one row) or in generation, or in a batch of one row, gives up at once.
+
+    Raises
+    ------
+    torch.OutOfMemoryError
+        ``"probe 'p' ran out of memory in <where> ... the smallest batch tried was N"``,
+        chained to the last out-of-memory error.
+    """
+    tried: list[int] = []
+    while True:
         try:
             return score_probe(model, tokenizer, probe, config)
         except (RuntimeError, MemoryError) as err:
-            if not is_out_of_memory(err) or attempt == OOM_RETRIES:
+            if not is_out_of_memory(err):
                 raise
-            smaller = max(1, (config.batch_size or 64) // 2)
-            logger.warning("probattr: probe %r ran out of memory; retrying with batch_size=%d", probe.id, smaller)
+            site = oom_site(err)
+            if site is not None and site.stage == CANDIDATE_BATCH:
+                tried.append(site.rows)
+            if site is None or site.stage != CANDIDATE_BATCH or site.rows <= 1:
+                raise _out_of_memory(probe.id, site, tried, err) from err
+            smaller = site.rows // 2
+            logger.warning("probattr: probe %r ran out of memory in %s; retrying with batch_size=%d",
+                           probe.id, site.describe(), smaller)
             config = dataclasses.replace(config, batch_size=smaller, memory_budget_mb=config.memory_budget_mb / 2)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-    raise AssertionError("unreachable")
+        _release_cached_memory()  # outside the handler: the traceback's tensors are gone by now
+
+
+def _out_of_memory(probe_id: str, site: Optional[OomSite], tried: list[int], err: BaseException) -> BaseException:
+    """The error a probe that ran out of memory for good fails with, naming where and the smallest batch tried."""
+    where = site.describe() if site is not None else "scoring"
+    if tried:
+        batches = " -> ".join(str(b) for b in tried)
+        detail = f"candidate batch sizes tried: {batches}; the smallest batch tried was {tried[-1]}"
+    elif site is not None and site.stage == FULL_PASS:
+        detail = "the full pass is a single row, so there is no smaller batch to try (the smallest batch tried was 1)"
+    elif site is not None and site.stage == GENERATION:
+        detail = "generation is not retried with smaller batches; lower num_samples or max_new_tokens"
+    else:
+        detail = "not retried: it did not come from a candidate batch"
+    message = f"probe {probe_id!r} ran out of memory in {where}: {detail} ({type(err).__name__}: {err})"
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    return oom_type(message) if oom_type is not None else MemoryError(message)
+
+
+def _release_cached_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def score_probes(
@@ -179,8 +213,11 @@ def score_probes(
 ) -> list[ProbeScore]:
     """Score each probe in turn.
 
-    A probe that runs out of memory is retried with half the batch size and
-    memory budget (up to :data:`OOM_RETRIES` times) before it counts as failed.
+    A probe that runs out of memory in a candidate batch is retried with half
+    the batch that ran out (and half the memory budget), down to a batch of 1,
+    before it fails with a ``torch.OutOfMemoryError`` naming where it ran out
+    and the smallest batch tried. Out of memory in the full pass or in
+    generation, which no smaller batch helps, fails at once.
 
     Parameters
     ----------
