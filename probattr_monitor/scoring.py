@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -23,7 +25,7 @@ from probattr_monitor.engine.memory import (
     oom_site,
 )
 from probattr_monitor.engine.text import DECODINGS, make_response, with_token_texts
-from probattr_monitor.engine.validation import check_fits_context
+from probattr_monitor.engine.validation import check_batch_size, check_fits_context, check_memory_budget_mb
 from probattr_monitor.probes import Probe, ProbeSet, render
 from probattr_monitor.report import NoiseConfig, Report
 from probattr_monitor.tokenization import encode_text
@@ -53,7 +55,9 @@ class ScoringConfig:
         The paper's top-p response: the most frequent of ``num_samples``
         nucleus samples (seeded; the global RNG is not touched).
     batch_size, memory_budget_mb
-        Engine settings.
+        Engine settings: candidates per forward (``None``: chosen from the
+        memory budget), and the bound on the engine's transient tensors in MiB
+        (a positive, finite number).
     noise : NoiseConfig
         AS-class boundaries and the noise-token rule.
     n_boot, ci
@@ -81,6 +85,8 @@ class ScoringConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
+        check_batch_size(self.batch_size)
+        check_memory_budget_mb(self.memory_budget_mb)
         if self.n_boot < 0:
             raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
         if isinstance(self.candidates, str) and self.candidates != "all":
@@ -228,11 +234,20 @@ def score_probes(
     progress : callable, optional
         Called as ``progress(index, probe_id)`` after each probe.
     deadline : float, optional
-        A ``time.monotonic()`` value; probes not started by then are recorded
-        as skipped.
+        A finite ``time.monotonic()`` value; probes not started by then are
+        recorded as skipped.
+
+    Raises
+    ------
+    ValueError
+        A bad ``on_error``, or a ``deadline`` that is not a finite number
+        (NaN would never expire).
     """
     if on_error not in ("raise", "record"):
         raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, numbers.Real)
+                                 or not math.isfinite(deadline)):
+        raise ValueError(f"deadline must be a finite time.monotonic() value or None, got {deadline!r}")
     out = []
     for i, probe in enumerate(probes):
         if deadline is not None and time.monotonic() > deadline:
