@@ -25,7 +25,12 @@ from probattr_monitor.engine.memory import (
     oom_site,
 )
 from probattr_monitor.engine.text import DECODINGS, make_response, with_token_texts
-from probattr_monitor.engine.validation import check_batch_size, check_fits_context, check_memory_budget_mb
+from probattr_monitor.engine.validation import (
+    check_batch_size,
+    check_fits_context,
+    check_memory_budget_mb,
+    check_positive_int,
+)
 from probattr_monitor.probes import Probe, ProbeSet, render
 from probattr_monitor.report import NoiseConfig, Report
 from probattr_monitor.tokenization import encode_text
@@ -79,12 +84,10 @@ class ScoringConfig:
     def __post_init__(self) -> None:
         if self.decoding not in DECODINGS:
             raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        check_positive_int(self.max_new_tokens, "max_new_tokens")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
+        check_positive_int(self.num_samples, "num_samples")
         check_batch_size(self.batch_size)
         check_memory_budget_mb(self.memory_budget_mb)
         if self.n_boot < 0:

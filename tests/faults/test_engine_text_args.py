@@ -163,6 +163,14 @@ def test_scoring_config_names_a_bad_batch_size(bad):
         ScoringConfig(batch_size=bad)
 
 
+@pytest.mark.parametrize("field", ["max_new_tokens", "num_samples"])
+@pytest.mark.parametrize("bad", [0, 2.5, 3.0, True, "3"], ids=["zero", "float", "integral-float", "bool", "str"])
+def test_scoring_config_names_a_bad_count(field, bad):
+    """Counts of the response settings are positive integers, checked when the config is made, not at scoring."""
+    with pytest.raises(VT, match=field):
+        ScoringConfig(**{field: bad})
+
+
 def test_a_good_memory_budget_is_taken(model):
     res = attribute(model, PROMPT, RESPONSE, candidates=[1, 2], memory_budget_mb=np.float32(0.5))
     assert np.isfinite(res.attribution).all()
