@@ -21,14 +21,18 @@ Number = Union[int, float]
 __all__ = ["number"]
 
 
+def _text(bound: Number) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
 def _bounds_text(minimum: Optional[Number], above: Optional[Number], maximum: Optional[Number]) -> str:
     parts = []
     if above is not None:
-        parts.append(f"> {above:g}")
+        parts.append(f"> {_text(above)}")
     if minimum is not None:
-        parts.append(f">= {minimum:g}")
+        parts.append(f">= {_text(minimum)}")
     if maximum is not None:
-        parts.append(f"<= {maximum:g}")
+        parts.append(f"<= {_text(maximum)}")
     return " and ".join(parts)
 
 

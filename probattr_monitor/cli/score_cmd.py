@@ -193,6 +193,8 @@ def _score(loaded: Any, probes: Any, config: Any, step: Any, meta: dict, progres
                                        on_error="record", meta=meta, progress=bar)
         return score_probe_set(loaded.model, loaded.tokenizer, probes, config, step=step,
                                on_error="record", meta=meta, progress=bar)
+    except (ValueError, TypeError) as exc:  # refused as a whole (each probe's own failure is recorded)
+        raise CLIError(f"cannot score {probes.name!r} with {loaded.name}: {exc}", code=EXIT_SCORING) from None
     finally:
         bar.close()
 
