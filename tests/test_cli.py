@@ -334,3 +334,42 @@ def test_count_and_budget_candidates_resolve_to_budgets():
     budget, meta = parse_candidates("5").resolve(101, seed=4)
     assert budget == Budget(max_candidates=5, seed=4) and meta["max_candidates"] == 5
     assert ScoringConfig().candidates == Budget()
+
+# --------------------------------------------------------------------------- exit statuses
+
+
+def test_every_help_documents_the_exit_statuses(capsys):
+    for argv in (["--help"], ["score", "--help"], ["compare", "--help"], ["select", "--help"], ["probes", "--help"]):
+        code, out, _ = _run(capsys, *argv)
+        assert code == 0
+        assert "exit status:" in out, argv
+        for line in ("1  select: no checkpoint passes the gate", "2  usage error", "3  input/output error",
+                     "4  score: no probe could be scored", "5  internal error"):
+            assert line in out, (argv, line)
+
+
+def test_unexpected_exception_exits_5_with_its_traceback(capsys, monkeypatch):
+    """A bug is not exit status 1, which `select` uses for "no checkpoint passes"."""
+    from probattr_monitor.cli import probes_cmd
+
+    def broken(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(probes_cmd, "run", broken)
+    code, _, err = _run(capsys, "probes")
+    assert code == 5
+    assert "Traceback" in err and "probattr: internal error: ZeroDivisionError: a bug" in err
+
+
+def test_closed_stdout_exits_141_without_a_traceback():
+    """`probattr probes | head -0`: stdout closed before the output is written (128 + SIGPIPE, not 1)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "probattr_monitor.cli", "probes"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr
