@@ -127,8 +127,9 @@ def warn_incomplete_scoring(failures: list, entry: HistoryEntry, event: str, n_p
 
     ``entry`` is the scoring's history entry (status ``"failed"`` or ``"partial"``).
     """
-    shown = "; ".join(f"{k}: {v}" for k, v in list(entry.errors.items())[:3])
-    more = f" (and {len(entry.errors) - 3} more)" if len(entry.errors) > 3 else ""
+    first = next(iter(entry.errors.items()), ("?", "no error recorded"))
+    shown = f"{first[0]}: {first[1]}"
+    more = f"; and {len(entry.errors) - 1} more probe(s), see the history" if len(entry.errors) > 1 else ""
     if entry.status == "failed":
         failures.append({"step": entry.step, "event": event, "error": f"no probe was scored: {shown}{more}"})
         message = (f"probattr: scoring at step {entry.step} ({event}) failed: no probe was scored ({shown}{more}); "
