@@ -54,17 +54,22 @@ def callback(probes, **kw):
     return ProbAttrTrainerCallback(probes=str(probes), **kw)
 
 
-def inject_faults(trainer, *, nan_steps=(), sleep_s: float = 0.0) -> None:
+def inject_faults(trainer, *, nan_steps=(), raise_steps=(), sleep_s: float = 0.0) -> None:
     """Scoring's forwards (eval mode, no labels: training and evaluation always pass labels) return NaN
-    logits at the global steps in ``nan_steps`` and sleep ``sleep_s`` each."""
-    nan_steps = set(nan_steps)
+    logits at the global steps in ``nan_steps``, raise an exception no scoring code expects
+    (``ZeroDivisionError``, so that it escapes the whole scoring) at those in ``raise_steps``, and sleep
+    ``sleep_s`` each."""
+    nan_steps, raise_steps = set(nan_steps), set(raise_steps)
 
     def hook(module, args, kwargs, output):
         if module.training or "labels" in kwargs:
             return output
         if sleep_s:
             time.sleep(sleep_s)
-        if trainer.state.global_step in nan_steps:
+        step = trainer.state.global_step
+        if step in raise_steps:
+            raise ZeroDivisionError(f"the model broke at step {step}")
+        if step in nan_steps:
             output.logits = output.logits * float("nan")
         return output
 
@@ -123,15 +128,17 @@ def probattr_warnings(record, text: str) -> list[str]:
 # --------------------------------------------------------------------------- a scoring that produced nothing
 
 
+@pytest.mark.parametrize("fault", ["nan-logits", "forward-raises"])
 @pytest.mark.parametrize("failed_step", [4, 8], ids=["first-evaluation", "later-evaluation"])
-def test_nan_scoring_moves_no_gate_and_training_reaches_its_last_step(tmp_path, probes, failed_step):
-    """README's gates: EarlyStoppingCallback at its defaults (patience 1) after the callback, best model by noise rate."""
+def test_failed_scoring_moves_no_gate_and_training_reaches_its_last_step(tmp_path, probes, failed_step, fault):
+    """README's gates: EarlyStoppingCallback at its defaults (patience 1) after the callback, best model by noise
+    rate; every probe failing (NaN logits) or the scoring itself raising."""
     plain = plain_run(tmp_path)
     cb = callback(probes, log_dir=tmp_path / "files")
     es = EarlyStoppingCallback()
     rec = GateRecorder(es)
     trainer = make_trainer(tmp_path / "run", [cb, es, rec], save_strategy="steps", save_steps=4, **GATED)
-    inject_faults(trainer, nan_steps=[failed_step])
+    inject_faults(trainer, **{"nan_steps" if fault == "nan-logits" else "raise_steps": [failed_step]})
     with all_warnings() as record:
         trainer.train()
 
@@ -143,7 +150,7 @@ def test_nan_scoring_moves_no_gate_and_training_reaches_its_last_step(tmp_path, 
                                                          for s in (4, 8, 12)]
     assert [f["step"] for f in cb.failures] == [failed_step]
     lines = {h["step"]: h for h in read_history(tmp_path / "files")}
-    assert sorted(lines) == [4, 8, 12] and lines[failed_step]["n_errors"] == len(PROBES)
+    assert sorted(lines) == [4, 8, 12] and lines[failed_step]["n_errors"] == (3 if fault == "nan-logits" else 1)
 
     # nothing logged for the failed evaluation; the others carry their values
     assert not any(k.startswith("eval_probattr_") for k in eval_record(trainer, failed_step))

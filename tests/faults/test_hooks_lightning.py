@@ -51,11 +51,13 @@ def probes(tmp_path_factory):
 
 class FaultyLM(TinyLitLM):
     """:class:`TinyLitLM` whose ``forward`` (the path scoring takes; training and validation call the HF child)
-    returns NaN logits at the global steps in ``nan_steps`` and sleeps ``sleep_s`` per call, in eval mode only."""
+    misbehaves in eval mode only: NaN logits at the global steps in ``nan_steps``, an exception no scoring code
+    expects (``ZeroDivisionError``, so that it escapes the whole scoring) at those in ``raise_steps``, and a
+    ``sleep_s`` pause per call."""
 
-    def __init__(self, tok, *, nan_steps=(), sleep_s: float = 0.0, **kw):
+    def __init__(self, tok, *, nan_steps=(), raise_steps=(), sleep_s: float = 0.0, **kw):
         super().__init__(tok, **kw)
-        self.nan_steps = set(nan_steps)
+        self.nan_steps, self.raise_steps = set(nan_steps), set(raise_steps)
         self.sleep_s = sleep_s
 
     def forward(self, input_ids, **kwargs):
@@ -64,7 +66,10 @@ class FaultyLM(TinyLitLM):
             if self.sleep_s:
                 time.sleep(self.sleep_s)
             trainer = getattr(self, "_trainer", None)
-            if trainer is not None and trainer.global_step in self.nan_steps:
+            step = None if trainer is None else trainer.global_step
+            if step in self.raise_steps:
+                raise ZeroDivisionError(f"the model broke at step {step}")
+            if step in self.nan_steps:
                 out.logits = out.logits * float("nan")
         return out
 
@@ -129,12 +134,15 @@ def probattr_warnings(record, text: str) -> list[str]:
 # ----------------------------------------------------------------------------- a scoring that produced nothing
 
 
+@pytest.mark.parametrize("fault", ["nan-logits", "forward-raises"])
 @pytest.mark.parametrize("failed_step", [9, 18], ids=["first-scoring", "later-scoring"])
-def test_nan_scoring_moves_no_gate_and_training_reaches_its_last_step(tok, probes, tmp_path, failed_step):
-    """README's gates at their defaults: a NaN scoring neither stops the run nor moves the best checkpoint."""
-    plain = plain_weights(tok, tmp_path / "plain", nan_steps=[failed_step])
+def test_failed_scoring_moves_no_gate_and_training_reaches_its_last_step(tok, probes, tmp_path, failed_step, fault):
+    """README's gates at their defaults: a scoring that produced nothing neither stops the run nor moves the best
+    checkpoint, whether every probe failed (NaN logits) or the scoring itself raised."""
+    faults = {"nan_steps" if fault == "nan-logits" else "raise_steps": [failed_step]}
+    plain = plain_weights(tok, tmp_path / "plain", **faults)
     pl.seed_everything(0, verbose=False)
-    module = FaultyLM(tok, dropout=0.1, nan_steps=[failed_step])
+    module = FaultyLM(tok, dropout=0.1, **faults)
     cb = make_callback(probes, log_dir=tmp_path / "files")
     es = EarlyStopping(monitor=KEY, mode="min", patience=3)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor=KEY, mode="min")
@@ -151,9 +159,10 @@ def test_nan_scoring_moves_no_gate_and_training_reaches_its_last_step(tok, probe
     assert [(h.step, h.status) for h in cb.history] == [(s, "failed" if s == failed_step else "complete")
                                                          for s in (9, 18, 27)]
     assert [f["step"] for f in cb.failures] == [failed_step]
-    assert "no probe was scored" in cb.failures[0]["error"]
+    assert ("no probe was scored" if fault == "nan-logits" else "ZeroDivisionError: the model broke at step") in (
+        cb.failures[0]["error"])
     lines = {h["step"]: h for h in read_history(tmp_path / "files")}
-    assert sorted(lines) == [9, 18, 27] and lines[failed_step]["n_errors"] == len(PROBES)
+    assert sorted(lines) == [9, 18, 27] and lines[failed_step]["n_errors"] == (3 if fault == "nan-logits" else 1)
     saved = json.loads((tmp_path / "files" / f"step-{failed_step:08d}" / "metrics.json").read_text())
     assert saved["meta"]["status"] == "failed"
 
@@ -188,6 +197,29 @@ def test_every_scoring_failing_never_stops_nor_crashes_the_run(tok, probes, tmp_
     assert ckpt.best_model_path == "" and ckpt.best_k_models == {}
     assert es.wait_count == 0 and KEY not in trainer.callback_metrics
     assert [len(probattr_warnings(record, f"scoring at step {s} (validation_end) failed")) for s in (9, 18)] == [1, 1]
+
+
+class PlateauLM(FaultyLM):
+    """Its learning rate follows ``ReduceLROnPlateau`` on the noise rate (patience 0: any bad epoch halves it)."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", patience=0, factor=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": KEY, "interval": "epoch"}}
+
+
+def test_failed_scorings_leave_a_plateau_scheduler_alone(tok, probes, tmp_path):
+    pl.seed_everything(0, verbose=False)
+    module = PlateauLM(tok, nan_steps=[9, 18, 27])
+    cb = make_callback(probes)
+    with all_warnings() as record:
+        trainer = fit(module, [cb], tmp_path, max_epochs=3)
+    (config,) = trainer.lr_scheduler_configs
+    assert trainer.global_step == 27
+    assert trainer.optimizers[0].param_groups[0]["lr"] == module.lr  # never halved: no NaN counted as bad
+    assert config.scheduler.num_bad_epochs == 0 and config.strict is True
+    assert [h.status for h in cb.history] == ["failed"] * 3
+    assert len(probattr_warnings(record, "scoring at step 9 (validation_end) failed")) == 1
 
 
 # ----------------------------------------------------------------------------- W&B unavailable
