@@ -9,7 +9,6 @@ offline``) and the run directory is read back from disk.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
