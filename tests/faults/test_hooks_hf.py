@@ -258,6 +258,30 @@ def test_offline_wandb_run_holds_every_report(tmp_path, probes, monkeypatch):
     assert not (Path(trainer.args.output_dir) / "probattr").exists()  # W&B took everything
 
 
+def test_failed_scoring_is_recorded_in_the_wandb_run_without_values(tmp_path, probes, monkeypatch):
+    from helpers.wandb_offline import load_wandb_table, read_wandb_records, wandb_run_dir
+
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_PROJECT", "probattr-faults")
+    cb = callback(probes, wandb="auto")
+    trainer = make_trainer(tmp_path, [cb], report_to=["wandb"])
+    inject_faults(trainer, nan_steps=[8])
+    with all_warnings():
+        trainer.train()
+    wandb.finish()
+    assert trainer.state.global_step == 12
+    run_dir = wandb_run_dir(tmp_path)
+    rows = read_wandb_records(run_dir)["history"]
+    (failed,) = [r for r in rows if "probattr/errors/_type" in r]
+    assert failed["probattr/step"] == 8 and "probattr/tokens/_type" not in failed
+    errors = load_wandb_table(run_dir, failed, "probattr/errors")
+    assert [r[0] for r in errors["data"]] == ["p1", "p2", "p3"] and "non-finite" in errors["data"][0][1]
+    assert [r["probattr/step"] for r in rows if "probattr/tokens/_type" in r] == [4, 12]
+    assert [r["probattr/step"] for r in rows if "probattr/noise_rate" in r] == [4, 12]  # no value for step 8
+    assert not any("eval/probattr_noise_rate" in r for r in rows if r.get("train/global_step") == 8)
+
+
 def test_wandb_run_whose_log_raises_files_take_the_reports(tmp_path, probes, monkeypatch):
     wandb = pytest.importorskip("wandb")
     run = wandb.init(mode="offline", dir=str(tmp_path), project="probattr-faults")

@@ -280,6 +280,27 @@ def test_offline_wandb_run_holds_every_report(tok, probes, tmp_path):
     assert not (tmp_path / "probattr").exists()  # W&B took everything: no files asked for, none written
 
 
+def test_failed_scoring_is_recorded_in_the_wandb_run_without_values(tok, probes, tmp_path):
+    from helpers.wandb_offline import load_wandb_table, read_wandb_records
+    from lightning.pytorch.loggers import WandbLogger
+
+    wl = WandbLogger(save_dir=str(tmp_path), offline=True, project="probattr-faults")
+    pl.seed_everything(0, verbose=False)
+    cb = make_callback(probes, wandb="auto", every_n_steps=6)
+    with all_warnings():
+        trainer = fit(FaultyLM(tok, nan_steps=[6]), [cb], tmp_path, max_epochs=1, logger=wl)
+    assert trainer.global_step == 9
+    run_dir = Path(wl.experiment.dir).parent
+    wl.experiment.finish()
+    rows = read_wandb_records(run_dir)["history"]
+    (failed,) = [r for r in rows if "probattr/errors/_type" in r]
+    assert failed["probattr/step"] == 6 and "probattr/tokens/_type" not in failed
+    errors = load_wandb_table(run_dir, failed, "probattr/errors")
+    assert [r[0] for r in errors["data"]] == ["p1", "p2", "p3"] and "non-finite" in errors["data"][0][1]
+    assert [r["probattr/step"] for r in rows if "probattr/tokens/_type" in r] == [9]
+    assert [r["probattr/step"] for r in rows if "probattr/noise_rate" in r] == [9]  # no value for step 6
+
+
 def test_wandb_run_whose_log_raises_files_take_the_reports(tok, probes, tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     run = wandb.init(mode="offline", dir=str(tmp_path), project="probattr-faults")
