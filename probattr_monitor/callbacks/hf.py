@@ -194,7 +194,10 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         starts (the run of HF's ``WandbCallback`` with ``report_to=["wandb"]``,
         or your own ``wandb.init``; online or offline), else write files.
         ``True``: require an active run (raises before training otherwise).
-        ``False``: never use W&B. A run object: log to that run.
+        ``False``: never use W&B. A run object: log to that run. A disabled
+        run (``WANDB_MODE=disabled``) keeps nothing and counts as no run: the
+        files take the reports (one warning), as they take any report W&B
+        refuses (``run.log`` raised...).
     log_dir : str or path, optional
         Directory of the file sink. Default: ``<output_dir>/probattr``, used only
         when W&B is not; an explicit ``log_dir`` is always written.
