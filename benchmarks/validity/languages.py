@@ -55,12 +55,15 @@ class Language:
         ``A[s, v, s']`` of shape ``[K, V, K]`` (float64), each ``A[s]`` summing to 1.
     initial : numpy.ndarray
         Distribution of the first hidden state, shape ``[K]``.
+    state_names : tuple of str
+        Optional names of the hidden states (the grammar's nonterminals).
     """
 
     name: str
     words: tuple
     transitions: np.ndarray
     initial: np.ndarray
+    state_names: tuple = ()
 
     def __post_init__(self) -> None:
         a = self.transitions
@@ -135,6 +138,24 @@ class Language:
         """Per-token true negative log-likelihood of ``ids[:, 1:]``, shape ``[B, T-1]``."""
         lp = self.next_token_log_probs(ids)[:, :-1]
         return -lp.gather(2, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+    def restricted(self, states: Sequence[int | str], name: str) -> "Language":
+        """The sub-language that never leaves ``states``: moves out of them are dropped, rows renormalised.
+
+        It emits the same vocabulary with a narrower distribution (the
+        fine-tuning data of the forgetting regime).
+        """
+        keep = np.zeros(self.num_states, dtype=bool)
+        keep[[self.state_names.index(s) if isinstance(s, str) else int(s) for s in states]] = True
+        a = self.transitions.copy()
+        a[:, :, ~keep] = 0.0
+        a[~keep] = self.transitions[~keep]  # unreachable rows stay valid
+        a /= a.sum(axis=(1, 2), keepdims=True)
+        initial = np.where(keep, self.initial, 0.0)
+        if initial.sum() == 0:
+            initial = keep / keep.sum()
+        return Language(name=name, words=self.words, transitions=a, initial=initial / initial.sum(),
+                        state_names=self.state_names)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Space-joined token texts of ``ids``, without the start token."""
@@ -258,7 +279,30 @@ def grammar_language(name: str = "grammar") -> Language:
             a[sidx[src], index[word], sidx[dst]] += prob * p
     initial = np.zeros(len(states))
     initial[sidx["start"]] = 1.0
-    return Language(name=name, words=tuple(words), transitions=_floored(a), initial=initial)
+    return Language(name=name, words=tuple(words), transitions=_floored(a), initial=initial,
+                    state_names=tuple(states))
+
+
+#: States of the grammar's narrow sub-language: singular subjects, no relative clauses.
+GRAMMAR_NARROW_STATES = ("start", "np_sg", "noun_sg", "after_noun_sg", "after_verb", "obj_noun", "pp_det", "end")
+
+
+def narrow_language(language: Language) -> Language:
+    """The fine-tuning sub-language of the forgetting regime.
+
+    The grammar keeps singular subjects without relative clauses; a random HMM
+    keeps its three most visited states.
+    """
+    if language.state_names and "start" in language.state_names:
+        return language.restricted(GRAMMAR_NARROW_STATES, f"{language.name}-narrow")
+    moves = language.transitions.sum(axis=1)  # [K, K]
+    dist = language.initial.copy()
+    visits = np.zeros(language.num_states)
+    for _ in range(64):
+        dist = dist @ moves
+        visits += dist
+    keep = np.argsort(-visits)[:3]
+    return language.restricted(sorted(keep.tolist()), f"{language.name}-narrow")
 
 
 def hmm_levels(seed: int = 0) -> list[Language]:

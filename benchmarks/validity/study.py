@@ -1,0 +1,148 @@
+"""Measure every candidate signal on the recorded runs and write the study's tables and figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.validity.analysis import (
+    bootstrap_spearman_ci,
+    gate_pick,
+    probes_needed,
+    regret,
+    spearman,
+)
+from benchmarks.validity.runs import load_record, probe_set_for
+from benchmarks.validity.signals import all_signals, lower_is_better
+from probattr_monitor.io_utils import atomic_write_text
+from probattr_monitor.report import Report
+from probattr_monitor.sinks.files import step_dir_name
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunData:
+    name: str
+    language: str
+    regime: str
+    seed: int
+    steps: list
+    excess: np.ndarray
+    val_loss: np.ndarray
+    num: dict  # signal -> [checkpoints, probes]
+    den: dict
+
+
+def load_run(run_dir: Path, signals) -> RunData | None:
+    record = load_record(run_dir)
+    if record is None:
+        return None
+    spec = record.spec
+    cks = sorted(record.checkpoints, key=lambda c: c["step"])
+    num = {s.name: [] for s in signals}
+    den = {s.name: [] for s in signals}
+    kept = []
+    for ck in cks:
+        path = run_dir / "reports" / step_dir_name(ck["step"])
+        try:
+            report = Report.load(path)
+        except (FileNotFoundError, ValueError) as err:
+            logger.warning("%s step %s: no report (%s)", run_dir.name, ck["step"], err)
+            continue
+        kept.append(ck)
+        for s in signals:
+            _, n, d = s.per_probe(report.table)
+            num[s.name].append(n)
+            den[s.name].append(d)
+    return RunData(
+        name=run_dir.name, language=spec["language"], regime=spec["regime"], seed=spec["seed"],
+        steps=[c["step"] for c in kept], excess=np.array([c["excess_loss"] for c in kept]),
+        val_loss=np.array([c["val_loss"] for c in kept]),
+        num={k: np.array(v) for k, v in num.items()}, den={k: np.array(v) for k, v in den.items()},
+    )
+
+
+def _values(run: RunData, signal: str) -> np.ndarray:
+    d = run.den[signal].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return run.num[signal].sum(axis=1) / d
+
+
+def measure_run(run: RunData, signals) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": run.name, "language": run.language, "regime": run.regime, "seed": run.seed,
+                           "steps": run.steps, "excess": run.excess.tolist(), "val_loss": run.val_loss.tolist(),
+                           "signals": {}}
+    best = int(np.argmin(run.excess))
+    out["best_step"] = run.steps[best]
+    vi = gate_pick(run.val_loss, True)
+    out["val_loss"] = {"spearman": spearman(run.val_loss, run.excess),
+                       "regret": regret(run.val_loss, run.excess, True), "picked_step": run.steps[vi],
+                       "picked_excess": float(run.excess[vi])}
+    for s in signals:
+        vals = _values(run, s.name)
+        low = lower_is_better(s.name)
+        pick = gate_pick(vals, low)
+        lo, hi = bootstrap_spearman_ci(run.num[s.name], run.den[s.name], run.excess)
+        out["signals"][s.name] = {
+            "values": vals.tolist(),
+            "spearman": spearman(vals, run.excess),
+            "spearman_ci": [lo, hi],
+            "regret": regret(vals, run.excess, low),
+            "picked_step": None if pick is None else run.steps[pick],
+            "picked_excess": None if pick is None else float(run.excess[pick]),
+            "probes_needed_10pct": probes_needed(run.num[s.name], run.den[s.name], run.excess),
+        }
+    return out
+
+
+def analyse(out: Path, langs) -> dict[str, Any]:
+    signals = all_signals()
+    runs = []
+    for run_dir in sorted(p for p in out.iterdir() if (p / "record.json").exists()) if out.exists() else []:
+        data = load_run(run_dir, signals)
+        if data is not None and len(data.steps) >= 3:
+            runs.append(measure_run(data, signals))
+    summary: dict[str, Any] = {"runs": runs, "signals": [s.name for s in signals], "aggregate": {}}
+    for s in [sig.name for sig in signals] + ["val_loss"]:
+        agg = {}
+        for regime in sorted({r["regime"] for r in runs}):
+            rs = [r for r in runs if r["regime"] == regime]
+            m = [r["val_loss"] if s == "val_loss" else r["signals"][s] for r in rs]
+            rho = np.array([x["spearman"] for x in m], float)
+            reg = np.array([x["regret"] for x in m], float)
+            agg[regime] = {"spearman_median": float(np.nanmedian(rho)) if np.isfinite(rho).any() else None,
+                           "spearman_min": float(np.nanmin(rho)) if np.isfinite(rho).any() else None,
+                           "regret_median": float(np.nanmedian(reg)) if np.isfinite(reg).any() else None,
+                           "regret_max": float(np.nanmax(reg)) if np.isfinite(reg).any() else None,
+                           "runs": len(rs)}
+        summary["aggregate"][s] = agg
+    return summary
+
+
+def write_summary(summary: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, allow_nan=True))
+    atomic_write_text(out / "summary.md", render_markdown(summary))
+
+
+def _f(x, nd=2) -> str:
+    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    regimes = sorted({r["regime"] for r in summary["runs"]})
+    lines = ["| signal | " + " | ".join(f"{g}: Spearman median (min)" for g in regimes) + " | "
+             + " | ".join(f"{g}: regret median (max)" for g in regimes) + " |",
+             "|---" * (1 + 2 * len(regimes)) + "|"]
+    for s in ["val_loss"] + summary["signals"]:
+        agg = summary["aggregate"][s]
+        cells = [f"{_f(agg[g]['spearman_median'])} ({_f(agg[g]['spearman_min'])})" for g in regimes]
+        cells += [f"{_f(agg[g]['regret_median'])} ({_f(agg[g]['regret_max'])})" for g in regimes]
+        lines.append(f"| `{s}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
