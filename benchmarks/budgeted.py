@@ -81,7 +81,7 @@ from probattr_monitor.engine.modes import scoring_mode
 from probattr_monitor.engine.runner import ModelRunner
 from probattr_monitor.io_utils import atomic_write_bytes, atomic_write_text
 from probattr_monitor.probes import load_probe_set, render
-from probattr_monitor.report.metrics import NoiseConfig, noise_flags
+from probattr_monitor.report.noise import NoiseConfig, noise_flags
 
 PROBE_SETS = ("paper", "reasonable-en")
 MEMORY_BYTES = 1024 * 2**20

@@ -1,11 +1,17 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Helpers for writing files: atomic writes and conversion to plain JSON types.
+
+An atomic write never leaves a half-written file for a reader to see.
+"""
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
+
+import numpy as np
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -52,6 +58,39 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` converted to plain JSON types, recursively.
+
+    Mappings become dicts with str keys; lists, tuples and sets become lists;
+    numpy arrays and scalars their Python values; paths and dates strings (ISO
+    8601 for dates); an object with ``to_dict()`` its dict; anything else its
+    ``str``. Non-finite floats are kept (``json.dumps(allow_nan=True)`` writes
+    them).
+
+    Example
+    -------
+    >>> jsonable({"n": np.int64(3), "ids": np.arange(2), "tags": ("a",)})
+    {'n': 3, 'ids': [0, 1], 'tags': ['a']}
+    """
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "to_dict"):
+        return jsonable(value.to_dict())
+    return str(value)
 
 
 def _umask() -> int:

@@ -12,23 +12,21 @@ import pytest
 pd = pytest.importorskip("pandas")
 
 from probattr_monitor.engine.result import SCORE_FIELDS, AttributionResult  # noqa: E402
-from probattr_monitor.report.metrics import (  # noqa: E402
+from probattr_monitor.report.compare import compare_metrics  # noqa: E402
+from probattr_monitor.report.definitions import METRIC_NAMES  # noqa: E402
+from probattr_monitor.report.metrics import compute_metrics, metrics_from_probes  # noqa: E402
+from probattr_monitor.report.noise import (  # noqa: E402
     AS_CLASSES,
     DEFAULT_ENTROPY_MODE,
     DEFAULT_ENTROPY_THRESHOLD,
-    METRIC_NAMES,
     UNDEFINED_CLASS,
-    MetricValue,
     NoiseConfig,
-    SetMetrics,
     classify,
-    compare_metrics,
-    compute_metrics,
-    metrics_from_probes,
     noise_flags,
     normalized_entropy,
 )
 from probattr_monitor.report.table import build_token_table, reclassify, table_columns, token_columns  # noqa: E402
+from probattr_monitor.report.values import MetricValue, SetMetrics  # noqa: E402
 
 NATS = NoiseConfig(entropy_mode="nats", entropy_threshold=2.0)
 

@@ -13,17 +13,17 @@ pytest.importorskip("matplotlib")
 
 from probattr_monitor.engine.result import AttributionResult  # noqa: E402
 from probattr_monitor.report import Report  # noqa: E402
-from probattr_monitor.report.metrics import NoiseConfig, compute_metrics  # noqa: E402
+from probattr_monitor.report.metrics import compute_metrics  # noqa: E402
+from probattr_monitor.report.noise import NoiseConfig  # noqa: E402
+from probattr_monitor.report.html_views import tokens_html, write_tokens_html  # noqa: E402
 from probattr_monitor.report.plots import (  # noqa: E402
-    as_rgb,
     plot_entropy_vs_as,
     plot_kl_vs_as,
     plot_metrics_over_checkpoints,
     plot_tokens_by_as,
-    tokens_html,
-    write_tokens_html,
 )
 from probattr_monitor.report.table import build_token_table  # noqa: E402
+from probattr_monitor.report.token_view import as_rgb  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NATS = NoiseConfig(entropy_mode="nats", entropy_threshold=2.0)

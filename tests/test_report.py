@@ -13,7 +13,8 @@ pd = pytest.importorskip("pandas")
 
 from probattr_monitor.engine.result import AttributionResult  # noqa: E402
 from probattr_monitor.report import Report  # noqa: E402
-from probattr_monitor.report.metrics import NoiseConfig, compute_metrics  # noqa: E402
+from probattr_monitor.report.metrics import compute_metrics  # noqa: E402
+from probattr_monitor.report.noise import NoiseConfig  # noqa: E402
 from probattr_monitor.report.report import METRICS_FILE, TABLE_FILES  # noqa: E402
 
 NATS = NoiseConfig(entropy_mode="nats", entropy_threshold=2.0)

@@ -8,6 +8,7 @@ from typing import Any
 
 from probattr_monitor.cli.errors import CLIError
 from probattr_monitor.cli.reports import ScoredCheckpoint, dumps, fmt_value, load_scored, table, unique_labels
+from probattr_monitor.report.definitions import METRIC_NAMES
 
 logger = logging.getLogger("probattr_monitor.cli")
 
@@ -25,7 +26,6 @@ SHOWN_CHANGES = 20
 
 def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     """Register ``compare``."""
-    from probattr_monitor.report.metrics import METRIC_NAMES
 
     p = subparsers.add_parser("compare", parents=parents, help="compare the metrics of scored checkpoints",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -40,7 +40,6 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
 
 
 def _rows(items: list) -> list:
-    from probattr_monitor.report.metrics import METRIC_NAMES
 
     rows = [[name] + [fmt_value(c.report.metrics[name]) for c in items] for name in METRIC_NAMES]
     rows.append(["n_tokens"] + [str(c.report.metrics.n_tokens) for c in items])
@@ -112,7 +111,6 @@ def _changes_text(changes: Any, labels: list) -> str:
 
 
 def _plot(items: list, path: str, metrics: str) -> Any:
-    from probattr_monitor.report.metrics import METRIC_NAMES
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     bad = [m for m in names if m not in METRIC_NAMES]
@@ -129,7 +127,6 @@ def _plot(items: list, path: str, metrics: str) -> Any:
 
 
 def _as_json(items: list, labels: list, same: bool, comparison: Any, changes: Any, plot: Any) -> dict:
-    from probattr_monitor.report.metrics import METRIC_NAMES
 
     out: dict = {
         "checkpoints": [

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from probattr_monitor.cli import candidates as cand
+from probattr_monitor.cli.candidates import HELP as CANDIDATES_HELP, parse_candidates
 from probattr_monitor.cli.errors import EXIT_FAILURE, CLIError
 
 logger = logging.getLogger("probattr_monitor.cli")
@@ -63,7 +63,7 @@ def _positive_int(value: str) -> int:
 
 def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     """Register ``score``."""
-    from probattr_monitor.report.metrics import DEFAULT_ENTROPY_MODE, DEFAULT_ENTROPY_THRESHOLD, ENTROPY_MODES
+    from probattr_monitor.report.noise import DEFAULT_ENTROPY_MODE, DEFAULT_ENTROPY_THRESHOLD, ENTROPY_MODES
 
     p = subparsers.add_parser("score", parents=parents, help="score a checkpoint on a probe set and write its report",
                               description=DESCRIPTION, epilog=EPILOG,
@@ -93,7 +93,7 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
                         "models on a busy machine)")
 
     s = p.add_argument_group("scoring")
-    s.add_argument("--candidates", default="budget", metavar="SPEC", help=cand.HELP)
+    s.add_argument("--candidates", default="budget", metavar="SPEC", help=CANDIDATES_HELP)
     s.add_argument("--decoding", choices=("greedy", "top-p"), default="greedy",
                    help="how the response is generated for probes without a fixed one (default: %(default)s)")
     s.add_argument("--top-p", type=float, default=0.9, metavar="P",
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     from probattr_monitor.cli.loading import load_model, vocab_size
 
     started = time.perf_counter()
-    spec = cand.parse_candidates(args.candidates)
+    spec = parse_candidates(args.candidates)
     config = _scoring_config(args)
     formats = args.formats or _default_formats()
     if "parquet" in formats:

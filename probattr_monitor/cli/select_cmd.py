@@ -27,7 +27,7 @@ examples:
 
 def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     """Register ``select``."""
-    from probattr_monitor.report.metrics import METRIC_NAMES
+    from probattr_monitor.report.definitions import METRIC_NAMES
 
     p = subparsers.add_parser("select", parents=parents, help="pick the best checkpoint that passes a metric gate",
                               description=DESCRIPTION, epilog=EPILOG,

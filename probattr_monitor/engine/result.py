@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from probattr_monitor.io_utils import atomic_write_text
+from probattr_monitor.io_utils import atomic_write_text, jsonable
 
 #: Per-position float64 quantities, in nats, in the order they are exported.
 SCORE_FIELDS = (
@@ -158,7 +157,7 @@ class AttributionResult:
             "response_text": self.response_text,
             "log_p_response": self.log_p_response,
             "num_candidates": self.num_candidates,
-            "info": _jsonable(self.info),
+            "info": jsonable(self.info),
             "rows": self.to_rows(decode),
         }
         return atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=True))
@@ -187,22 +186,6 @@ class AttributionResult:
             writer.writeheader()
             writer.writerows(flat)
         return atomic_write_text(path, buf.getvalue())
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return value
-    return value
 
 
 def result_field_names() -> Sequence[str]:

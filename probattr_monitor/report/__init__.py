@@ -5,29 +5,20 @@ pyarrow (Parquet) and matplotlib (PNG figures) are imported when first used and
 raise an ImportError naming the extra to install when missing.
 """
 
-from probattr_monitor.report.metrics import (
+from probattr_monitor.report.compare import Comparison, MetricComparison, compare_metrics
+from probattr_monitor.report.definitions import HIGHER_IS_BETTER, METRIC_NAMES
+from probattr_monitor.report.metrics import compute_metrics, metrics_from_probes
+from probattr_monitor.report.noise import (
     AS_CLASSES,
     DEFAULT_ENTROPY_MODE,
     DEFAULT_ENTROPY_THRESHOLD,
-    HIGHER_IS_BETTER,
-    METRIC_NAMES,
-    UNDEFINED_CLASS,
-    Comparison,
-    MetricComparison,
-    MetricValue,
     NoiseConfig,
-    ProbeMetrics,
-    SetMetrics,
     classify,
-    compare_metrics,
-    compute_metrics,
-    is_near_zero,
-    metrics_from_probes,
     noise_flags,
-    normalized_entropy,
 )
 from probattr_monitor.report.report import Report
-from probattr_monitor.report.table import build_token_table, reclassify, token_columns
+from probattr_monitor.report.table import build_token_table, reclassify
+from probattr_monitor.report.values import MetricValue, ProbeMetrics, SetMetrics
 
 __all__ = [
     "AS_CLASSES",
@@ -35,7 +26,6 @@ __all__ = [
     "DEFAULT_ENTROPY_THRESHOLD",
     "HIGHER_IS_BETTER",
     "METRIC_NAMES",
-    "UNDEFINED_CLASS",
     "Comparison",
     "MetricComparison",
     "MetricValue",
@@ -47,10 +37,7 @@ __all__ = [
     "classify",
     "compare_metrics",
     "compute_metrics",
-    "is_near_zero",
     "metrics_from_probes",
     "noise_flags",
-    "normalized_entropy",
     "reclassify",
-    "token_columns",
 ]

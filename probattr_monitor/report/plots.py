@@ -1,88 +1,38 @@
-"""The paper's figures for our data (matplotlib is the optional ``plots`` extra).
+"""Matplotlib figures of token tables and metrics (the optional ``plots`` extra).
 
-* :func:`plot_tokens_by_as` / :func:`tokens_html`: prompt tokens coloured by AS
-  (PNG, and an HTML fragment with a tooltip per token; the HTML needs no
-  matplotlib);
-* :func:`plot_entropy_vs_as`: H and H' against AS with the mean of each AS
-  range as a dashed segment (the paper's Fig. 2);
-* :func:`plot_kl_vs_as`: KL against AS (Fig. 4);
+* :func:`plot_tokens_by_as`: prompt tokens coloured by AS;
+* :func:`plot_entropy_vs_as`: H and H' against AS, the mean of each AS range
+  dashed (the paper's Fig. 2); :func:`plot_kl_vs_as`: KL against AS (Fig. 4);
 * :func:`plot_metrics_over_checkpoints`: set-level metrics with their intervals
   across steps or checkpoints.
 
-Figures are built with the object-oriented API (``matplotlib.figure.Figure``
-rendered by the Agg canvas), so pyplot's global backend and figure registry are
-never touched and nothing needs closing. Every file is written atomically.
+Figures use the object-oriented API (``matplotlib.figure.Figure``, Agg canvas):
+pyplot's global state is never touched. Every file is written atomically; the
+path's suffix picks the format.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
-from probattr_monitor.io_utils import atomic_write, atomic_write_text
+from probattr_monitor.io_utils import atomic_write
 from probattr_monitor.report._deps import require_matplotlib
-from probattr_monitor.report.metrics import AS_CLASSES, METRIC_NAMES, NoiseConfig, SetMetrics, _cfg, classify
+from probattr_monitor.report.definitions import METRIC_NAMES
+from probattr_monitor.report.noise import AS_CLASSES, NoiseConfig, classify, resolve_noise_config
+from probattr_monitor.report.token_view import MID_RGB, NEG_RGB, POS_RGB, probe_tokens, token_colours
+from probattr_monitor.report.values import SetMetrics
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 logger = logging.getLogger(__name__)
-
-# Diverging palette (ColorBrewer RdBu end points): negative AS blue, near-zero
-# white, positive red. Shared by the PNG and the HTML views.
-_NEG_RGB = (33, 102, 172)
-_MID_RGB = (247, 247, 247)
-_POS_RGB = (178, 24, 43)
-_EXCLUDED_BG = "#d9d9d9"
-_EXCLUDED_FG = "#737373"
-
-#: Colour saturation of the token views: ``|AS|`` at or above this is fully coloured
-#: (the paper's "high" boundary); the default scale adapts below it.
-DEFAULT_VMAX = 3.0
-
-_CLASS_STYLE = {"negative": "#2166ac", "near_zero": "#4d4d4d", "positive": "#d6604d", "high": "#b2182b"}
-
-
-# ---------------------------------------------------------------------- colours
-
-
-def as_rgb(value: float, vmax: float) -> tuple[int, int, int]:
-    """RGB (0-255) of an AS value on the diverging scale ``[-vmax, vmax]``."""
-    if not math.isfinite(value):
-        return (200, 200, 200)
-    t = max(-1.0, min(1.0, value / vmax)) if vmax > 0 else 0.0
-    end = _POS_RGB if t >= 0 else _NEG_RGB
-    t = abs(t)
-    return tuple(int(round(m + (e - m) * t)) for m, e in zip(_MID_RGB, end))  # type: ignore[return-value]
-
-
-def _hex(rgb: Sequence[int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*rgb)
-
-
-def _text_on(rgb: Sequence[int]) -> str:
-    lum = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255.0
-    return "#000000" if lum > 0.55 else "#ffffff"
-
-
-def _default_vmax(values: np.ndarray) -> float:
-    finite = np.abs(values[np.isfinite(values)])
-    if finite.size == 0:
-        return 1.0
-    return float(min(max(finite.max(), 0.5), DEFAULT_VMAX))
-
-
-def _probe_rows(table: "pd.DataFrame", probe_id: str) -> "pd.DataFrame":
-    rows = table[table["probe_id"] == probe_id]
-    if len(rows) == 0:
-        raise ValueError(f"probe {probe_id!r} is not in the table")
-    return rows.sort_values("position", kind="stable")
 
 
 def _display(text: str) -> str:
@@ -90,97 +40,6 @@ def _display(text: str) -> str:
     if text == "":
         return "\u2205"
     return text.replace("\r", "").replace("\n", "\u21b5").replace("\t", "\u2192")
-
-
-# ------------------------------------------------------------------------ HTML
-
-
-def tokens_html(
-    table: "pd.DataFrame",
-    probe_id: str,
-    *,
-    vmax: Optional[float] = None,
-    full_document: bool = False,
-) -> str:
-    """Prompt tokens of one probe as HTML, each coloured by its AS.
-
-    Each token is a ``<span>`` with inline styles (diverging colour: blue
-    negative, white near zero, red positive) and a ``title`` tooltip with AS,
-    H, H', KL, class and noise flag. Excluded tokens are grey; noise tokens
-    get a dashed outline. Needs no matplotlib.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        A token table (:func:`~probattr_monitor.report.table.build_token_table`).
-    probe_id : str
-    vmax : float, optional
-        ``|AS|`` of full saturation; default ``clip(max |AS|, 0.5, 3)``.
-    full_document : bool
-        Return a complete ``<!DOCTYPE html>`` page instead of a ``<div>``.
-
-    Returns
-    -------
-    str
-
-    Raises
-    ------
-    ValueError
-        If ``probe_id`` is not in the table.
-    """
-    rows = _probe_rows(table, probe_id)
-    a = rows["attribution"].to_numpy(dtype=np.float64)
-    excluded = rows["excluded"].to_numpy(dtype=bool) if "excluded" in rows else np.zeros(len(rows), bool)
-    vmax = _default_vmax(a[~excluded]) if vmax is None else float(vmax)
-    spans = []
-    for i, r in enumerate(rows.itertuples(index=False)):
-        text = str(r.token_text)
-        tip = (
-            f"position {r.position} | token {r.token_id}\n"
-            f"AS = {r.attribution:.4f}\nH = {r.entropy_prompt:.4f}\nH' = {r.entropy_full:.4f}\n"
-            f"KL = {r.kl:.4f}\nclass: {r.as_class}" + (" | noise token" if bool(r.noise) else "")
-            + (" | excluded" if excluded[i] else "")
-        )
-        if excluded[i]:
-            style = f"background-color:{_EXCLUDED_BG};color:{_EXCLUDED_FG};font-style:italic;"
-        else:
-            rgb = as_rgb(float(r.attribution), vmax)
-            style = f"background-color:{_hex(rgb)};color:{_text_on(rgb)};"
-        if bool(r.noise) and not excluded[i]:
-            style += "outline:1px dashed #000000;"
-        style += "padding:1px 0;border-radius:2px;"
-        shown = html.escape(text.replace("\r", "").replace("\n", "\u21b5") if text else "\u2205")
-        span = f'<span class="probattr-token" style="{style}" title="{html.escape(tip, quote=True)}">{shown}</span>'
-        if "\n" in text:
-            span += "<br>"
-        spans.append(span)
-    legend = (
-        f'<div style="font-size:0.8em;color:#555;margin-top:0.5em;">'
-        f"AS colour scale: blue &lt; 0 &lt; red, saturated at |AS| = {vmax:.3g}; "
-        f"grey: excluded (special/template); dashed outline: noise token</div>"
-    )
-    body = (
-        f'<div class="probattr-probe" data-probe-id="{html.escape(str(probe_id), quote=True)}" '
-        f'style="font-family:monospace;white-space:pre-wrap;line-height:1.8;">'
-        + "".join(spans)
-        + "</div>"
-        + legend
-    )
-    if not full_document:
-        return body
-    title = html.escape(f"probe {probe_id}: tokens by attribution score")
-    return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-        f"<title>{title}</title></head><body><h3>{title}</h3>{body}</body></html>\n"
-    )
-
-
-def write_tokens_html(table: "pd.DataFrame", probe_id: str, path: Union[str, Path], *, vmax: Optional[float] = None) -> Path:
-    """Write :func:`tokens_html` as a full HTML page, atomically; returns the path."""
-    return atomic_write_text(path, tokens_html(table, probe_id, vmax=vmax, full_document=True))
-
-
-# ---------------------------------------------------------------------- figures
 
 
 def _figure(figsize: tuple[float, float], dpi: int) -> Any:
@@ -235,16 +94,14 @@ def plot_tokens_by_as(
     ImportError
         Without matplotlib (the ``plots`` extra).
     """
-    rows = _probe_rows(table, probe_id)
+    view = probe_tokens(table, probe_id, vmax)
     require_matplotlib()
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LinearSegmentedColormap, Normalize
 
-    a = rows["attribution"].to_numpy(dtype=np.float64)
-    excluded = rows["excluded"].to_numpy(dtype=bool) if "excluded" in rows else np.zeros(len(rows), bool)
+    rows, a, excluded, vmax = view.rows, view.attribution, view.excluded, view.vmax
     noise = rows["noise"].to_numpy(dtype=bool)
     texts = [str(t) for t in rows["token_text"]]
-    vmax = _default_vmax(a[~excluded]) if vmax is None else float(vmax)
 
     # Monospace layout in inches: a glyph is ~0.6 em wide.
     char_w = 0.6 * fontsize / 72.0
@@ -275,18 +132,14 @@ def plot_tokens_by_as(
         warnings.filterwarnings("ignore", message=".*[Gg]lyph.*missing.*")
         for x, ln, shown, i in placed:
             y = height - title_h - (ln + 0.5) * line_h
-            if excluded[i]:
-                bg, fg = _EXCLUDED_BG, _EXCLUDED_FG
-            else:
-                rgb = as_rgb(float(a[i]), vmax)
-                bg, fg = _hex(rgb), _text_on(rgb)
+            bg, fg = token_colours(a[i], excluded[i], vmax)
             box = {"boxstyle": "square,pad=0.15", "facecolor": bg, "edgecolor": "none"}
             if noise[i] and not excluded[i]:
                 box.update(edgecolor="black", linestyle="--", linewidth=0.8)
             fig.text(margin + x, y, shown, transform=trans, family="monospace", fontsize=fontsize,
                      color=fg, va="center", ha="left", bbox=box)
     cmap = LinearSegmentedColormap.from_list(
-        "probattr_as", [tuple(c / 255 for c in _NEG_RGB), tuple(c / 255 for c in _MID_RGB), tuple(c / 255 for c in _POS_RGB)]
+        "probattr_as", [tuple(c / 255 for c in NEG_RGB), tuple(c / 255 for c in MID_RGB), tuple(c / 255 for c in POS_RGB)]
     )
     cax = fig.add_axes((0.25, 0.55 / height, 0.5, 0.15 / height))
     cb = fig.colorbar(ScalarMappable(norm=Normalize(-vmax, vmax), cmap=cmap), cax=cax, orientation="horizontal")
@@ -355,6 +208,57 @@ def _no_data(ax: Any, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#777777")
 
 
+@dataclass(frozen=True)
+class _AgainstAs:
+    """A scatter against AS: ``(label, column, colour, marker)`` per series, its y label and default title."""
+
+    series: tuple[tuple[str, str, str, str], ...]
+    ylabel: str
+    default_title: str
+
+
+_ENTROPY_VS_AS = _AgainstAs(
+    (("H (prompt)", "entropy_prompt", "#1f77b4", "o"), ("H' (prompt + response)", "entropy_full", "#ff7f0e", "x")),
+    "contextual entropy (nats)",
+    "Contextual entropy vs attribution",
+)
+_KL_VS_AS = _AgainstAs((("KL(p' || p)", "kl", "#2ca02c", "o"),), "KL divergence (nats)", "KL vs attribution")
+
+
+def _plot_against_as(
+    table: "pd.DataFrame",
+    path: Union[str, Path],
+    spec: _AgainstAs,
+    *,
+    cfg: Optional[NoiseConfig],
+    probe_ids: Optional[Sequence[str]],
+    xscale: str,
+    title: Optional[str],
+    dpi: int,
+) -> Path:
+    """The figure of ``spec``: its series against AS, the mean of each AS range dashed.
+
+    Without ``title`` the title is the spec's default with the number of tokens drawn.
+    """
+    cfg = resolve_noise_config(cfg)
+    if xscale not in ("symlog", "linear"):
+        raise ValueError(f"xscale must be 'symlog' or 'linear', got {xscale!r}")
+    rows = _eligible(table, probe_ids)
+    fig = _figure((8.0, 5.0), dpi)
+    ax = fig.add_subplot(1, 1, 1)
+    a = rows["attribution"].to_numpy(dtype=np.float64)
+    if a.size:
+        columns = [(label, rows[col].to_numpy(dtype=np.float64), color, marker) for label, col, color, marker in spec.series]
+        _scatter_with_range_means(ax, a, columns, cfg, xscale)
+        ax.legend(loc="best", fontsize=9, title="dashed: mean per AS range", title_fontsize=8)
+    else:
+        _no_data(ax, "no eligible tokens")
+    ax.set_ylabel(spec.ylabel)
+    ax.set_title(title or f"{spec.default_title} ({len(a)} tokens)")
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
 def plot_entropy_vs_as(
     table: "pd.DataFrame",
     path: Union[str, Path],
@@ -390,31 +294,8 @@ def plot_entropy_vs_as(
     -------
     Path
     """
-    cfg = _cfg(cfg)
-    if xscale not in ("symlog", "linear"):
-        raise ValueError(f"xscale must be 'symlog' or 'linear', got {xscale!r}")
-    rows = _eligible(table, probe_ids)
-    fig = _figure((8.0, 5.0), dpi)
-    ax = fig.add_subplot(1, 1, 1)
-    a = rows["attribution"].to_numpy(dtype=np.float64)
-    if a.size:
-        _scatter_with_range_means(
-            ax,
-            a,
-            [
-                ("H (prompt)", rows["entropy_prompt"].to_numpy(dtype=np.float64), "#1f77b4", "o"),
-                ("H' (prompt + response)", rows["entropy_full"].to_numpy(dtype=np.float64), "#ff7f0e", "x"),
-            ],
-            cfg,
-            xscale,
-        )
-        ax.legend(loc="best", fontsize=9, title="dashed: mean per AS range", title_fontsize=8)
-    else:
-        _no_data(ax, "no eligible tokens")
-    ax.set_ylabel("contextual entropy (nats)")
-    ax.set_title(title or f"Contextual entropy vs attribution ({len(a)} tokens)")
-    fig.tight_layout()
-    return _save(fig, path, dpi)
+    return _plot_against_as(table, path, _ENTROPY_VS_AS, cfg=cfg, probe_ids=probe_ids, xscale=xscale,
+                            title=title, dpi=dpi)
 
 
 def plot_kl_vs_as(
@@ -431,26 +312,17 @@ def plot_kl_vs_as(
 
     Same layout as :func:`plot_entropy_vs_as` (dashed mean KL per AS range).
 
+    Parameters
+    ----------
+    table, path, cfg, probe_ids, xscale, title, dpi
+        As in :func:`plot_entropy_vs_as`.
+
     Returns
     -------
     Path
     """
-    cfg = _cfg(cfg)
-    if xscale not in ("symlog", "linear"):
-        raise ValueError(f"xscale must be 'symlog' or 'linear', got {xscale!r}")
-    rows = _eligible(table, probe_ids)
-    fig = _figure((8.0, 5.0), dpi)
-    ax = fig.add_subplot(1, 1, 1)
-    a = rows["attribution"].to_numpy(dtype=np.float64)
-    if a.size:
-        _scatter_with_range_means(ax, a, [("KL(p' || p)", rows["kl"].to_numpy(dtype=np.float64), "#2ca02c", "o")], cfg, xscale)
-        ax.legend(loc="best", fontsize=9, title="dashed: mean per AS range", title_fontsize=8)
-    else:
-        _no_data(ax, "no eligible tokens")
-    ax.set_ylabel("KL divergence (nats)")
-    ax.set_title(title or f"KL vs attribution ({len(a)} tokens)")
-    fig.tight_layout()
-    return _save(fig, path, dpi)
+    return _plot_against_as(table, path, _KL_VS_AS, cfg=cfg, probe_ids=probe_ids, xscale=xscale,
+                            title=title, dpi=dpi)
 
 
 def plot_metrics_over_checkpoints(
@@ -471,7 +343,7 @@ def plot_metrics_over_checkpoints(
     path : str or Path
         Output file (``.png`` by default).
     metric : str or sequence of str
-        One or more of :data:`~probattr_monitor.report.metrics.METRIC_NAMES`;
+        One or more of :data:`~probattr_monitor.report.definitions.METRIC_NAMES`;
         one panel each.
     title : str, optional
     dpi : int

@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
-import numpy as np
-
-from probattr_monitor.io_utils import atomic_write_text
+from probattr_monitor.io_utils import atomic_write_text, jsonable
 from probattr_monitor.report._deps import require_pandas
-from probattr_monitor.report.metrics import NoiseConfig, SetMetrics, _cfg, compute_metrics
+from probattr_monitor.report.metrics import compute_metrics
+from probattr_monitor.report.noise import NoiseConfig, resolve_noise_config
 from probattr_monitor.report.table import (
     Step,
     build_token_table,
@@ -37,6 +36,7 @@ from probattr_monitor.report.table import (
     write_table_csv,
     write_table_parquet,
 )
+from probattr_monitor.report.values import SetMetrics
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -54,26 +54,6 @@ TABLE_FILES = {"csv": "tokens.csv", "parquet": "tokens.parquet", "json": "report
 METRICS_FILE = "metrics.json"
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (_dt.datetime, _dt.date)):
-        return value.isoformat()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "to_dict"):
-        return _jsonable(value.to_dict())
-    return str(value)
-
-
 def _dumps(obj: Any) -> str:
     # NaN/Infinity are kept (as Python's json module writes them) so that
     # floats round-trip exactly, like AttributionResult.to_json.
@@ -86,7 +66,7 @@ def normalize_meta(meta: Optional[Mapping[str, Any]]) -> dict[str, Any]:
         return {}
     if not isinstance(meta, Mapping):
         raise TypeError(f"meta must be a mapping, got {type(meta).__name__}")
-    return json.loads(_dumps(_jsonable(meta)))
+    return json.loads(_dumps(jsonable(meta)))
 
 
 @dataclass(eq=False)
@@ -165,7 +145,7 @@ class Report:
         -------
         Report
         """
-        cfg = _cfg(cfg)
+        cfg = resolve_noise_config(cfg)
         table = build_token_table(scored, step=step, cfg=cfg, template_masks=template_masks, decode=decode)
         metrics = compute_metrics(table, cfg, n_boot=n_boot, seed=seed, ci=ci)
         full = {
@@ -364,9 +344,4 @@ def _default_format(directory: Path) -> str:
     if (directory / TABLE_FILES["parquet"]).exists():
         return "parquet"  # raises the ImportError naming the extra
     raise FileNotFoundError(f"report in {directory} has no token table")
-
-
-def load_reports(directories: Sequence[str | Path]) -> list[Report]:
-    """Load several report directories (e.g. one per checkpoint)."""
-    return [Report.load(d) for d in directories]
 

@@ -32,7 +32,7 @@ import numpy as np
 from probattr_monitor.engine.result import SCORE_FIELDS
 from probattr_monitor.io_utils import atomic_write, atomic_write_text
 from probattr_monitor.report._deps import require_pandas, require_pyarrow
-from probattr_monitor.report.metrics import NoiseConfig, _cfg, classify, noise_flags
+from probattr_monitor.report.noise import NoiseConfig, classify, noise_flags, resolve_noise_config
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -127,7 +127,7 @@ def token_columns(
     Same parameters and columns as :func:`build_token_table`; string columns
     are object arrays, ``step`` is an int64, object or float64 (NaN) array.
     """
-    cfg = _cfg(cfg)
+    cfg = resolve_noise_config(cfg)
     step = _check_step(step)
     parts: dict[str, list] = {}
     se_fields: set[str] = set()
@@ -340,7 +340,7 @@ def _to_bool(v: Any) -> bool:
 
 def reclassify(table: "pd.DataFrame", cfg: Optional[NoiseConfig] = None) -> "pd.DataFrame":
     """Copy of ``table`` with ``as_class`` and ``noise`` recomputed under ``cfg``."""
-    cfg = _cfg(cfg)
+    cfg = resolve_noise_config(cfg)
     out = table.copy()
     a = out["attribution"].to_numpy(dtype=np.float64)
     out["as_class"] = classify(a, cfg)

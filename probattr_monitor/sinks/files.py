@@ -24,8 +24,8 @@ from typing import Any, Optional, Sequence
 
 from probattr_monitor.io_utils import atomic_write_text
 from probattr_monitor.report import Report
+from probattr_monitor.report.figures import DEFAULT_MAX_TOKEN_PLOTS, render_plots
 from probattr_monitor.report.report import TABLE_FILES, normalize_meta
-from probattr_monitor.sinks._plots import DEFAULT_MAX_TOKEN_PLOTS, render_plots
 
 logger = logging.getLogger(__name__)
 

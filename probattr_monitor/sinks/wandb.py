@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from probattr_monitor.report import Report
-from probattr_monitor.sinks._plots import DEFAULT_MAX_TOKEN_PLOTS, render_plots
+from probattr_monitor.report.figures import DEFAULT_MAX_TOKEN_PLOTS, render_plots
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,69 @@
+"""The set-level metrics: their names, directions and definitions as pooled ratios.
+
+Every metric is ``sum(numerator) / sum(denominator)`` of two
+:class:`~probattr_monitor.report.values.ProbeMetrics` fields
+(:data:`RATIO_FIELDS`), which makes pooling over probes and the probe bootstrap
+exact. Everything that depends on the list of metrics reads it from here.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+#: Names of the set-level metrics, in report order.
+METRIC_NAMES = (
+    "noise_rate",
+    "near_zero_rate",
+    "negative_rate",
+    "positive_rate",
+    "high_rate",
+    "mean_abs_as",
+    "mean_entropy_prompt",
+    "mean_entropy_full",
+    "mean_kl",
+    "mean_entropy_full_near_zero",
+)
+
+#: Direction of each metric, declared beside its definition (as torchmetrics'
+#: ``higher_is_better``): ``False`` where a lower value is better, ``True`` where a
+#: higher value is, ``None`` where the metric has no better direction of its own.
+HIGHER_IS_BETTER: dict[str, Optional[bool]] = {
+    "noise_rate": False,
+    "near_zero_rate": False,
+    "negative_rate": None,
+    "positive_rate": None,
+    "high_rate": None,
+    "mean_abs_as": None,
+    "mean_entropy_prompt": None,
+    "mean_entropy_full": None,
+    "mean_kl": None,
+    "mean_entropy_full_near_zero": None,
+}
+
+#: ``metric -> (numerator field, denominator field)`` of :class:`ProbeMetrics`.
+RATIO_FIELDS: dict[str, tuple[str, str]] = {
+    "noise_rate": ("n_noise", "n_tokens"),
+    "near_zero_rate": ("n_near_zero", "n_tokens"),
+    "negative_rate": ("n_negative", "n_tokens"),
+    "positive_rate": ("n_positive", "n_tokens"),
+    "high_rate": ("n_high", "n_tokens"),
+    "mean_abs_as": ("sum_abs_as", "n_tokens"),
+    "mean_entropy_prompt": ("sum_entropy_prompt", "n_entropy_prompt"),
+    "mean_entropy_full": ("sum_entropy_full", "n_entropy_full"),
+    "mean_kl": ("sum_kl", "n_kl"),
+    "mean_entropy_full_near_zero": ("sum_entropy_full_near_zero", "n_entropy_full_near_zero"),
+}
+
+# Why a metric is undefined when its pooled denominator is zero.
+_EMPTY_REASON = {
+    "n_tokens": "no eligible tokens (all excluded, or AS not finite)",
+    "n_entropy_prompt": "no eligible token has a finite H",
+    "n_entropy_full": "no eligible token has a finite H'",
+    "n_kl": "no eligible token has a finite KL",
+    "n_entropy_full_near_zero": "no near-zero token with a finite H'",
+}
+
+
+def empty_reason(name: str) -> str:
+    """Why the metric ``name`` is undefined when its pooled denominator is zero."""
+    return _EMPTY_REASON[RATIO_FIELDS[name][1]]
