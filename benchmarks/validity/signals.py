@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from probattr_monitor.report import METRIC_NAMES, NoiseConfig, compute_metrics
-from probattr_monitor.report.metrics import _RATIO_FIELDS as RATIO_FIELDS  # noqa: E501 (public after the report split)
+from probattr_monitor.report.definitions import RATIO_FIELDS
 
 #: Thresholds (nats of H') at which the paper's noise rate is also evaluated.
 NOISE_THRESHOLDS = (0.5, 1.5, 2.0, 3.0)

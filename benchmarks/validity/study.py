@@ -76,12 +76,13 @@ def _values(run: RunData, signal: str) -> np.ndarray:
 
 def measure_run(run: RunData, signals) -> dict[str, Any]:
     out: dict[str, Any] = {"name": run.name, "language": run.language, "regime": run.regime, "seed": run.seed,
-                           "steps": run.steps, "excess": run.excess.tolist(), "val_loss": run.val_loss.tolist(),
+                           "steps": run.steps, "excess": run.excess.tolist(), "val_losses": run.val_loss.tolist(),
                            "signals": {}}
     best = int(np.argmin(run.excess))
     out["best_step"] = run.steps[best]
     vi = gate_pick(run.val_loss, True)
-    out["val_loss"] = {"spearman": spearman(run.val_loss, run.excess),
+    out["val_loss"] = {  # the baseline a user already has
+                       "spearman": spearman(run.val_loss, run.excess),
                        "regret": regret(run.val_loss, run.excess, True), "picked_step": run.steps[vi],
                        "picked_excess": float(run.excess[vi])}
     for s in signals:
