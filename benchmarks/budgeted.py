@@ -74,8 +74,9 @@ import numpy as np
 import torch
 
 from probattr_monitor import Budget, attribute
-from probattr_monitor.engine.budgeted import STDERR_FIELDS, estimate_position
-from probattr_monitor.engine.exact import _full_pass, _with_original, response_log_prob
+from probattr_monitor.engine.budgeted import estimate_position
+from probattr_monitor.engine.passes import full_pass, response_log_prob, with_original
+from probattr_monitor.engine.tail import STDERR_FIELDS
 from probattr_monitor.engine.generation import greedy_response
 from probattr_monitor.engine.modes import scoring_mode
 from probattr_monitor.engine.runner import ModelRunner
@@ -259,11 +260,11 @@ def collect_exact(model, items, universe):
         with scoring_mode(model):
             runner = ModelRunner(model, MEMORY_BYTES)
             t0 = time.perf_counter()
-            full = _full_pass(runner, prompt, response)
+            full = full_pass(runner, prompt, response)
             lpr = response_log_prob(full, len(prompt), response)
             rows = []
             for k in item["positions"]:
-                ids = _with_original(universe, prompt[k])
+                ids = with_original(universe, prompt[k])
                 rest = prompt[k + 1 :] + response
                 bs = runner.default_batch_size(k, len(rest) + 1, full.vocab_size)
                 lp = np.concatenate([
@@ -464,7 +465,7 @@ def run_model(name, model, items, universe, budgets, args, restricted):
     records, reused = [], 0
     for item in items:
         rec = known.get(_item_key(item))
-        if rec is not None and all(np.array_equal(row["ids"], _with_original(universe, rec["prompt"][row["k"]]))
+        if rec is not None and all(np.array_equal(row["ids"], with_original(universe, rec["prompt"][row["k"]]))
                                    for row in rec["rows"]):
             reused += 1
         else:

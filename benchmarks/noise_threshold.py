@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from probattr_monitor.engine.exact import candidate_scores, response_log_prob
+from probattr_monitor.engine.passes import candidate_scores, response_log_prob
 from probattr_monitor.engine.modes import scoring_mode
 from probattr_monitor.engine.runner import ModelRunner
 from probattr_monitor.engine.stats import position_stats

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
-from probattr_monitor.engine.budgeted import Budget
-from probattr_monitor.engine.exact import attribute
-from probattr_monitor.engine.result import AttributionResult
+
+from probattr_monitor.engine import AttributionResult, Budget, attribute
 from probattr_monitor.engine.text import DECODINGS, make_response, with_token_texts
-from probattr_monitor.engine.validation import context_limit
+from probattr_monitor.engine.validation import check_fits_context
 from probattr_monitor.probes import Probe, ProbeSet, render
 from probattr_monitor.report import NoiseConfig, Report
+from probattr_monitor.tokenization import encode_text
 
 logger = logging.getLogger(__name__)
 
@@ -122,17 +122,13 @@ def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig)
     """
     started = time.perf_counter()
     rendered = render(probe, tokenizer)
-    limit = context_limit(model)
     if probe.response is not None:
-        response_ids = list(tokenizer(probe.response, add_special_tokens=False)["input_ids"])
+        response_ids = encode_text(tokenizer, probe.response)
         needed = len(rendered.ids) + len(response_ids)
     else:
         response_ids = None
         needed = len(rendered.ids) + config.max_new_tokens
-    if limit is not None and needed > limit:
-        raise ValueError(
-            f"probe {probe.id!r} needs {needed} tokens (prompt + response) but the model's context window is {limit}"
-        )
+    check_fits_context(model, needed, f"probe {probe.id!r}", "prompt + response")
     if response_ids is None:
         response_ids = make_response(
             model, tokenizer, rendered.ids, config.decoding, config.max_new_tokens,

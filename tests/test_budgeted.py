@@ -3,30 +3,29 @@
 Exact scoring over the same candidate set (``attribute(..., candidates=...)``,
 itself checked against a brute-force oracle in ``test_engine_oracle.py``) is
 the reference throughout. Models are the tiny random ones of
-``tiny_models.py`` with vocabularies of 60-160 ids, so exact scoring is cheap.
+``helpers/models.py`` with vocabularies of 60-160 ids, so exact scoring is cheap.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_models import NoCacheLM, tiny_gpt2, tiny_llama  # noqa: E402
+from helpers.models import TINY_MODELS, tiny_gpt2, tiny_llama
 
 from probattr_monitor import Budget, attribute  # noqa: E402
-from probattr_monitor.engine.budgeted import STDERR_FIELDS, _screen_log_probs, attribute_budgeted  # noqa: E402
-from probattr_monitor.engine.exact import _full_pass, candidate_scores  # noqa: E402
+from probattr_monitor.engine.budgeted import attribute_budgeted  # noqa: E402
+from probattr_monitor.engine.passes import candidate_scores, full_pass as _full_pass  # noqa: E402
+from probattr_monitor.engine.screening import screen_log_probs as _screen_log_probs  # noqa: E402
+from probattr_monitor.engine.tail import STDERR_FIELDS  # noqa: E402
 from probattr_monitor.engine.modes import scoring_mode  # noqa: E402
+from probattr_monitor.engine.result import SCORE_FIELDS
 from probattr_monitor.engine.runner import ModelRunner  # noqa: E402
 
-SCORES = ("attribution", "log_numerator", "log_denominator", "entropy_prompt", "entropy_full", "kl")
-MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama, "nocache": NoCacheLM}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(vocab: int, seed: int = 0, n: int = 9, m: int = 3):
@@ -34,17 +33,8 @@ def _pair(vocab: int, seed: int = 0, n: int = 9, m: int = 3):
     return [0] + [int(t) for t in rng.integers(1, vocab, n - 1)], [int(t) for t in rng.integers(1, vocab, m)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and far faster on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def gpt2_case():
+def gpt2_case(one_thread):
     vocab = 120
     model = tiny_gpt2(vocab, 3)
     prompt, response = _pair(vocab, 1)
@@ -54,7 +44,7 @@ def gpt2_case():
 
 def _assert_same(res, ref, atol=1e-9):
     np.testing.assert_array_equal(res.positions, ref.positions)
-    for name in SCORES:
+    for name in SCORE_FIELDS:
         np.testing.assert_allclose(getattr(res, name), getattr(ref, name), atol=atol, rtol=0, err_msg=name)
 
 
@@ -121,10 +111,10 @@ def test_bad_inputs_still_checked_on_the_budgeted_path(gpt2_case):
 
 
 # ---------------------------------------------------------------------- exact at full budget
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
 def test_full_budget_equals_exact(name):
     vocab = 70
-    model = MODELS[name](vocab, 5)
+    model = TINY_MODELS[name](vocab, 5)
     prompt, response = _pair(vocab, 2, n=7)
     exact = attribute(model, prompt, response)
     # every candidate in the exact set
@@ -209,12 +199,12 @@ def test_deterministic_for_a_seed(gpt2_case):
     b = Budget(max_candidates=6, tail_samples=10, seed=11)
     r1 = attribute(model, prompt, response, candidates=b)
     again = attribute(model, prompt, response, candidates=b)
-    for name in SCORES:
+    for name in SCORE_FIELDS:
         np.testing.assert_array_equal(getattr(r1, name), getattr(again, name))
         np.testing.assert_array_equal(r1.stderr[name], again.stderr[name])
     # other batch sizes change float32 rounding only, not the draw
     r2 = attribute(model, prompt, response, candidates=b, batch_size=3)
-    for name in SCORES:
+    for name in SCORE_FIELDS:
         np.testing.assert_allclose(getattr(r1, name), getattr(r2, name), atol=1e-5, rtol=0)
         np.testing.assert_allclose(r1.stderr[name], r2.stderr[name], atol=1e-5, rtol=1e-4)
     assert r1.info["num_sampled"].tolist() == r2.info["num_sampled"].tolist()
@@ -269,7 +259,7 @@ def test_cost_accounting(gpt2_case, screen, refine):
 
 def test_screen_and_refine_sizes_follow_the_mass():
     """A screen covers SCREEN_MASS of the prior (within its bounds); the refine stage likewise."""
-    from probattr_monitor.engine import budgeted as bud
+    from probattr_monitor.engine import screening as bud
 
     peaked = np.log(np.r_[0.9995, np.full(999, 0.0005 / 999)])
     assert bud._mass_count(peaked, 0.999, 1, 1000) == 1
@@ -304,7 +294,7 @@ def test_tail_regression_never_makes_a_tail_mass_negative():
     # sample suggests: the regression correction drives the tail sums of D and
     # N below zero while D and N themselves stay positive. The estimate must
     # fall back to Horvitz-Thompson, whose tail is a sum of positive terms.
-    from probattr_monitor.engine import budgeted as bud
+    from probattr_monitor.engine import tail as bud
 
     rng = np.random.default_rng(0)
     n = 20
@@ -328,11 +318,11 @@ def test_tail_regression_never_makes_a_tail_mass_negative():
 
 
 # ---------------------------------------------------------------------- screening
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
 def test_screens_are_the_first_suffix_steps_and_upper_bounds(name):
     """The one-token screen and a deeper refine read are sums of the first suffix log-probs, bounding a and b."""
     vocab = 50
-    model = MODELS[name](vocab, 7)
+    model = TINY_MODELS[name](vocab, 7)
     prompt, response = _pair(vocab, 5, n=6)
     k = 2
     ids = np.arange(vocab, dtype=np.int64)

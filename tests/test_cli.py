@@ -17,77 +17,48 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.models import checkpoint_gpt2
+from helpers.probes import write_probes
+from helpers.word_tokenizers import trained_word_tokenizer
 from probattr_monitor.cli import main
 from probattr_monitor.cli.candidates import CandidateSpec, parse_candidates
 from probattr_monitor.cli.checkpoint import detect_prefix
 from probattr_monitor.cli.errors import CLIError
 from probattr_monitor.probes import load_probe_set
-from probattr_monitor.engine.budgeted import Budget
+from probattr_monitor.engine.budget import Budget
 from probattr_monitor.report import Report
 from probattr_monitor.scoring import ScoringConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
 # Short prompts made of words of the paper probes: cheap to score exactly.
-PROBES = [
+PROBES = (
     {"id": "tim", "prompt": "Tim was nervous about his talk , but he took deep breaths"},
     {"id": "surfer", "prompt": "The surfer checked the weather forecast and headed to the beach"},
     {"id": "chang", "prompt": "Dr. Chang packed her tent and food for the journey"},
-]
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- fixtures
 
 
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    texts = [p.prompt for p in load_probe_set("paper")]
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<eos>", "<unk>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
-
-
-def _model(vocab_size: int, seed: int):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(vocab_size=vocab_size, n_positions=96, n_embd=16, n_layer=2, n_head=2,
-                        bos_token_id=0, eos_token_id=0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = GPT2LMHeadModel(config)
-        with torch.no_grad():  # far wider than GPT-2's init, so conditionals are far from uniform
-            for p in model.parameters():
-                p.normal_(0.0, 1.0 if p.dim() >= 2 else 0.3)
-    return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is fastest on one thread (and the test machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, one_thread):
     """Two HF model directories, a Lightning-style .ckpt, and a probe file."""
     root = tmp_path_factory.mktemp("cli")
-    tok = _tokenizer()
+    tok = trained_word_tokenizer([p.prompt for p in load_probe_set("paper")], ["<eos>", "<unk>"],
+                                 eos_token="<eos>", unk_token="<unk>")
     for seed in (1, 2):
-        _model(len(tok), seed).save_pretrained(root / f"ckpt-{seed}")
+        checkpoint_gpt2(len(tok), seed).save_pretrained(root / f"ckpt-{seed}")
         tok.save_pretrained(root / f"ckpt-{seed}")
     lit = root / "lightning"
     lit.mkdir()
-    state = _model(len(tok), 3).state_dict()
+    state = checkpoint_gpt2(len(tok), 3).state_dict()
     torch.save({"state_dict": {"model." + k: v for k, v in state.items()}, "global_step": 7,
                 "hyper_parameters": {"lr": 0.001}}, lit / "step-7.ckpt")
-    probes = root / "probes.jsonl"
-    probes.write_text("".join(json.dumps(p) + "\n" for p in PROBES), encoding="utf-8")
+    write_probes(root / "probes.jsonl", PROBES)
     return root
 
 
@@ -258,7 +229,7 @@ def test_checkpoint_weights_load_exactly(files, tmp_path):
     from probattr_monitor.cli.loading import load_model
 
     loaded = load_model(str(files / "lightning" / "step-7.ckpt"), config=str(files / "ckpt-1" / "config.json"))
-    expected = _model(loaded.model.config.vocab_size, 3).state_dict()
+    expected = checkpoint_gpt2(loaded.model.config.vocab_size, 3).state_dict()
     got = loaded.model.state_dict()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
     assert loaded.meta["tokenizer"] == str(files / "ckpt-1")

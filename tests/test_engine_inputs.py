@@ -1,6 +1,6 @@
 """Input validation of :func:`probattr_monitor.attribute`.
 
-DESIGN.md section 3: bad input raises ``ValueError`` or ``TypeError`` with a
+docs/design.md section 3: bad input raises ``ValueError`` or ``TypeError`` with a
 message that names the problem. Each case below asserts the exception type
 and that the message contains every listed key word (case-insensitive regular
 expressions, deliberately loose: ``prompt`` and ``vocab|range`` for an
@@ -12,16 +12,13 @@ inside the model is a failure here.
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_models import LogitsOnly, NoCacheLM, tiny_gpt2  # noqa: E402
+from helpers.models import LogitsOnly, NoCacheLM, tiny_gpt2
 
 from probattr_monitor import attribute  # noqa: E402
 

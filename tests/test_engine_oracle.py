@@ -2,7 +2,7 @@
 
 For a tiny model with a vocabulary of ``V <= 6`` tokens, the oracle writes down
 the model's whole joint distribution over the tokens that follow the first
-prompt token and derives every quantity of DESIGN.md section 2 by *summing that
+prompt token and derives every quantity of docs/design.md section 2 by *summing that
 table*. It never evaluates the engine's ``a_k(v)`` / ``b_k(v)`` formulas, so it
 checks the formulas as well as their implementation (prefix KV reuse, batching,
 padding, candidate gathering).
@@ -47,29 +47,18 @@ candidate (``"all"``) and with explicit candidate subsets.
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_models import NoCacheLM, tiny_gpt2, tiny_llama  # noqa: E402
+from helpers.models import TINY_MODELS, tiny_gpt2
 
 from probattr_monitor import attribute  # noqa: E402
 from probattr_monitor.engine.result import TOP_K  # noqa: E402
+from probattr_monitor.engine.result import SCORE_FIELDS
 
 ATOL = 1e-5
-MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama, "nocache": NoCacheLM}
-SCORE_NAMES = (
-    "attribution",
-    "log_numerator",
-    "log_denominator",
-    "entropy_prompt",
-    "entropy_full",
-    "kl",
-)
 
 
 # --------------------------------------------------------------------------- oracle
@@ -110,7 +99,7 @@ def joint_log_table(model, x0: int, length: int, vocab: int, chunk: int = 4096) 
 
 
 def oracle(table, prompt, response, positions, candidates):
-    """Every DESIGN.md section 2 quantity, from sums of the joint table.
+    """Every docs/design.md section 2 quantity, from sums of the joint table.
 
     Parameters
     ----------
@@ -133,7 +122,7 @@ def oracle(table, prompt, response, positions, candidates):
     resp_axes = tuple(range(n - 1, n - 1 + m))
     log_px = _lse(table, resp_axes)  # log P(x_1..x_{n-1} | x_0), shape (V,)*(n-1)
     log_p_response = float(table[x + y] - log_px[x])
-    res = {name: [] for name in SCORE_NAMES}
+    res = {name: [] for name in SCORE_FIELDS}
     res["prior"], res["posterior"] = [], []
     for k in positions:
         before, after = x[: k - 1], x[k:]
@@ -154,8 +143,10 @@ def oracle(table, prompt, response, positions, candidates):
         res["kl"].append(np.sum(pp * (log_pp - log_p)))
         res["prior"].append(dict(zip(cand, p)))
         res["posterior"].append(dict(zip(cand, pp)))
-    for name in SCORE_NAMES:
-        res[name] = np.asarray(res[name], dtype=np.float64)
+        res.setdefault("surprisal_prompt", []).append(-log_p[cand.index(int(prompt[k]))])
+        res.setdefault("surprisal_full", []).append(-log_pp[cand.index(int(prompt[k]))])
+    for name in (*SCORE_FIELDS, "surprisal_prompt", "surprisal_full"):
+        res[name] = np.asarray(res.get(name, []), dtype=np.float64)
     res["log_p_response"] = log_p_response
     return res
 
@@ -183,12 +174,15 @@ def assert_matches_oracle(res, exp, prompt, positions, num_candidates, case: str
     assert abs(float(res.log_p_response) - exp["log_p_response"]) <= ATOL, (
         f"{case}: log_p_response got {res.log_p_response!r} expected {exp['log_p_response']!r}"
     )
-    for name in SCORE_NAMES:
+    for name in SCORE_FIELDS:
         got = np.asarray(getattr(res, name))
         assert got.dtype == np.float64, f"{case}: {name} dtype {got.dtype}"
         np.testing.assert_allclose(
             got, exp[name], rtol=0, atol=ATOL, err_msg=f"{case}: {name} (got vs oracle)"
         )
+    for name in ("surprisal_prompt", "surprisal_full"):  # -log p_k(x_k), -log p'_k(x_k)
+        np.testing.assert_allclose(getattr(res, name), exp[name], rtol=0, atol=ATOL, err_msg=f"{case}: {name}")
+    np.testing.assert_allclose(res.surprisal_prompt - res.surprisal_full, res.attribution, rtol=0, atol=ATOL)
     assert int(res.num_candidates) == num_candidates, (
         f"{case}: num_candidates {res.num_candidates} != {num_candidates}"
     )
@@ -216,7 +210,7 @@ SHAPES = [(2, 1), (2, 3), (3, 1), (3, 2), (3, 3), (4, 1), (4, 2), (4, 3), (5, 1)
 
 def _full_cases():
     cases = []
-    for mi, model_name in enumerate(MODELS):
+    for mi, model_name in enumerate(TINY_MODELS):
         for si, (n, m) in enumerate(SHAPES):
             seed = (si + mi) % 3  # each model sees seeds 0, 1, 2 across the shapes
             batch_size = (None, 2, 3)[(si + 2 * mi) % 3]
@@ -232,7 +226,7 @@ def _sample(seed: int, n: int, m: int, vocab: int, salt: int = 0):
 @pytest.mark.parametrize("model_name,seed,n,m,batch_size", _full_cases())
 def test_all_candidates_match_oracle(model_name, seed, n, m, batch_size):
     vocab = _vocab_for(n + m)
-    model = MODELS[model_name](vocab, seed)
+    model = TINY_MODELS[model_name](vocab, seed)
     prompt, response = _sample(seed, n, m, vocab)
     table = joint_log_table(model, prompt[0], n + m, vocab)
     positions = list(range(1, n))
@@ -241,27 +235,27 @@ def test_all_candidates_match_oracle(model_name, seed, n, m, batch_size):
     assert_matches_oracle(res, exp, prompt, positions, vocab, f"{model_name} V={vocab} {prompt}->{response}")
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("model_name", list(TINY_MODELS))
 @pytest.mark.parametrize("n,m,batch_size", [(3, 2, None), (5, 2, 2)])
 def test_float64_model_matches_oracle_tightly(model_name, n, m, batch_size):
     """A float64 model leaves no float32 noise to hide in: agree to 1e-9."""
     vocab = _vocab_for(n + m)
-    model = MODELS[model_name](vocab, 2).double()
+    model = TINY_MODELS[model_name](vocab, 2).double()
     prompt, response = _sample(2, n, m, vocab, salt=3)
     table = joint_log_table(model, prompt[0], n + m, vocab)
     positions = list(range(1, n))
     exp = oracle(table, prompt, response, positions, lambda k: list(range(vocab)))
     res = attribute(model, prompt, response, batch_size=batch_size)
     assert abs(res.log_p_response - exp["log_p_response"]) <= 1e-9
-    for name in SCORE_NAMES:
+    for name in SCORE_FIELDS:
         np.testing.assert_allclose(getattr(res, name), exp[name], rtol=0, atol=1e-9, err_msg=name)
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("model_name", list(TINY_MODELS))
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_position_subset_matches_oracle(model_name, seed):
     n, m, vocab = 5, 2, 5
-    model = MODELS[model_name](vocab, seed)
+    model = TINY_MODELS[model_name](vocab, seed)
     prompt, response = _sample(seed, n, m, vocab, salt=1)
     positions = [3, 1] if seed % 2 else [4]
     table = joint_log_table(model, prompt[0], n + m, vocab)
@@ -270,7 +264,7 @@ def test_position_subset_matches_oracle(model_name, seed):
     # The result is aligned with the positions in increasing order or as given;
     # compare as a mapping position -> row.
     order = [list(np.asarray(res.positions)).index(k) for k in sorted(positions)]
-    for name in SCORE_NAMES:
+    for name in SCORE_FIELDS:
         np.testing.assert_allclose(
             np.asarray(getattr(res, name))[order], exp[name], rtol=0, atol=ATOL, err_msg=name
         )
@@ -281,7 +275,7 @@ def test_position_subset_matches_oracle(model_name, seed):
 SUBSET_SHAPES = [(3, 2, 3), (4, 1, 4), (5, 1, 2), (4, 2, 3)]
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("model_name", list(TINY_MODELS))
 @pytest.mark.parametrize("shape_idx", range(len(SUBSET_SHAPES)))
 def test_candidate_subset_matches_oracle(model_name, shape_idx):
     """Explicit candidate list that contains every prompt token."""
@@ -291,7 +285,7 @@ def test_candidate_subset_matches_oracle(model_name, shape_idx):
     subset = rng.permutation(vocab)[:size].tolist()  # unsorted on purpose
     prompt = rng.choice(subset, n).tolist()
     response = rng.integers(0, vocab, m).tolist()  # response tokens need not be candidates
-    model = MODELS[model_name](vocab, seed)
+    model = TINY_MODELS[model_name](vocab, seed)
     table = joint_log_table(model, prompt[0], n + m, vocab)
     positions = list(range(1, n))
     exp = oracle(table, prompt, response, positions, lambda k: sorted(subset))
@@ -302,7 +296,7 @@ def test_candidate_subset_matches_oracle(model_name, shape_idx):
     assert np.max(np.abs(full["log_denominator"] - exp["log_denominator"])) > 1e-3
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("model_name", list(TINY_MODELS))
 def test_candidate_subset_missing_original_token_is_added(model_name):
     """A subset without the prompt's token: the engine adds it to the set.
 
@@ -313,14 +307,14 @@ def test_candidate_subset_missing_original_token_is_added(model_name):
     vocab, n, m, w = 6, 4, 2, 4
     subset = [0, 5, 2]
     prompt, response = [w] * n, [1, 3]
-    model = MODELS[model_name](vocab, 1)
+    model = TINY_MODELS[model_name](vocab, 1)
     table = joint_log_table(model, prompt[0], n + m, vocab)
     positions = list(range(1, n))
     exp = oracle(table, prompt, response, positions, lambda k: sorted(subset + [w]))
     res = attribute(model, prompt, response, candidates=subset)
     assert_matches_oracle(res, exp, prompt, positions, len(subset) + 1, f"{model_name} C={subset}+{w}")
     explicit = attribute(model, prompt, response, candidates=subset + [w])
-    for name in SCORE_NAMES:
+    for name in SCORE_FIELDS:
         np.testing.assert_allclose(getattr(res, name), getattr(explicit, name), rtol=0, atol=1e-12)
 
 

@@ -7,7 +7,7 @@ split the candidates into several batches.
 Reference used here
 -------------------
 ``naive_reference(model, prompt, response, positions, candidates)``
-    The literal formulas of DESIGN.md section 2 evaluated with one independent
+    The literal formulas of docs/design.md section 2 evaluated with one independent
     full-sequence forward per (position, candidate) and no caching:
     ``a_k(v) = sum_{i=k}^{n-1} log p(z_i | z_<i)`` and
     ``b_k(v) = a_k(v) + sum_j log p(y_j | ...)`` on ``z = (x_<k, v, x_>k, y)``,
@@ -18,7 +18,7 @@ Reference used here
 
 Properties checked
 ------------------
-* ``AS_k = log p'_k(x_k) - log p_k(x_k)`` (DESIGN.md section 2), read from
+* ``AS_k = log p'_k(x_k) - log p_k(x_k)`` (docs/design.md section 2), read from
   the engine's own top-candidate arrays when ``|C| <= TOP_K`` and from the
   naive reference otherwise.
 * ``candidates="all"`` equals the explicit ``range(V)``.
@@ -32,30 +32,18 @@ Properties checked
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_models import NoCacheLM, tiny_gpt2, tiny_llama  # noqa: E402
+from helpers.models import TINY_MODELS, NoCacheLM, tiny_gpt2, tiny_llama
 
 from probattr_monitor import attribute  # noqa: E402
 from probattr_monitor.engine.result import TOP_K  # noqa: E402
+from probattr_monitor.engine.result import SCORE_FIELDS
 
 ATOL = 1e-5
-MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama, "nocache": NoCacheLM}
-SCORE_NAMES = (
-    "attribution",
-    "log_numerator",
-    "log_denominator",
-    "entropy_prompt",
-    "entropy_full",
-    "kl",
-)
-ALL_ARRAYS = ("positions", "token_ids") + SCORE_NAMES + (
+ALL_ARRAYS = ("positions", "token_ids") + SCORE_FIELDS + (
     "top_prior_ids",
     "top_prior_probs",
     "top_posterior_ids",
@@ -69,7 +57,7 @@ def _lse(a: np.ndarray) -> float:
 
 
 def naive_reference(model, prompt, response, positions, candidates):
-    """DESIGN.md section 2 by one uncached forward per (position, candidate).
+    """docs/design.md section 2 by one uncached forward per (position, candidate).
 
     Returns a dict with the six per-position score arrays, ``log_p_response``
     and ``log_prior`` / ``log_posterior``: per position, a dict id -> log prob.
@@ -81,7 +69,7 @@ def naive_reference(model, prompt, response, positions, candidates):
         logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
         tok = logp[torch.arange(len(full) - 1), ids[0, 1:]].numpy()
     log_p_response = float(tok[n - 1 :].sum())
-    out = {name: [] for name in SCORE_NAMES}
+    out = {name: [] for name in SCORE_FIELDS}
     out["log_prior"], out["log_posterior"] = [], []
     for k in positions:
         cand = sorted(set(candidates) | {prompt[k]})
@@ -102,14 +90,14 @@ def naive_reference(model, prompt, response, positions, candidates):
         out["kl"].append(np.sum(pp * (log_pp - log_p)))
         out["log_prior"].append(dict(zip(cand, log_p)))
         out["log_posterior"].append(dict(zip(cand, log_pp)))
-    for name in SCORE_NAMES:
+    for name in SCORE_FIELDS:
         out[name] = np.asarray(out[name])
     out["log_p_response"] = log_p_response
     return out
 
 
 def _case(model_name, seed=0, vocab=40, n=6, m=3):
-    model = MODELS[model_name](vocab, seed)
+    model = TINY_MODELS[model_name](vocab, seed)
     rng = np.random.default_rng(31 * seed + vocab + n)
     return model, rng.integers(0, vocab, n).tolist(), rng.integers(0, vocab, m).tolist()
 
@@ -129,7 +117,7 @@ def _assert_identical(r1, r2, label=""):
 # --------------------------------------------------------------------------- identity
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("model_name", list(TINY_MODELS))
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_identity_from_top_candidates(model_name, seed):
     """With |C| <= TOP_K every candidate is in the top arrays: AS = log p' - log p at x_k."""
@@ -153,7 +141,7 @@ def test_identity_from_top_candidates(model_name, seed):
         assert abs(res.kl[i] - np.sum(q * (np.log(q) - np.log(p)))) <= ATOL
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("model_name", list(TINY_MODELS))
 def test_identity_from_subset_top_candidates(model_name):
     """Same identity with an explicit candidate subset of size <= TOP_K (V = 30)."""
     vocab = 30
@@ -171,7 +159,7 @@ def test_identity_from_subset_top_candidates(model_name):
         assert abs(res.attribution[i] - ratio) <= ATOL
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("model_name", list(TINY_MODELS))
 @pytest.mark.parametrize("candidates", ["all", "subset"])
 def test_matches_naive_reference_large_vocab(model_name, candidates):
     """V = 40 with batch_size 7: several candidate batches per position."""
@@ -181,7 +169,7 @@ def test_matches_naive_reference_large_vocab(model_name, candidates):
     ref = naive_reference(model, prompt, response, range(1, len(prompt)), cands)
     res = attribute(model, prompt, response, candidates="all" if candidates == "all" else cands, batch_size=7)
     assert abs(res.log_p_response - ref["log_p_response"]) <= ATOL
-    for name in SCORE_NAMES:
+    for name in SCORE_FIELDS:
         np.testing.assert_allclose(getattr(res, name), ref[name], rtol=0, atol=ATOL, err_msg=name)
     for i, k in enumerate(range(1, len(prompt))):
         # the identity, from the reference's own distributions
@@ -202,7 +190,7 @@ def test_matches_naive_reference_large_vocab(model_name, candidates):
 # --------------------------------------------------------------------------- equivalences
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("model_name", list(TINY_MODELS))
 def test_all_equals_explicit_full_range(model_name):
     vocab = 12
     model, prompt, response = _case(model_name, 0, vocab=vocab)
@@ -212,7 +200,7 @@ def test_all_equals_explicit_full_range(model_name):
         r = attribute(model, prompt, response, candidates=explicit)
         assert r.num_candidates == vocab
         assert abs(r.log_p_response - r_all.log_p_response) <= 1e-12
-        for name in SCORE_NAMES + ("top_prior_probs", "top_posterior_probs"):
+        for name in SCORE_FIELDS + ("top_prior_probs", "top_posterior_probs"):
             np.testing.assert_allclose(getattr(r, name), getattr(r_all, name), rtol=0, atol=1e-12, err_msg=name)
         np.testing.assert_array_equal(r.top_prior_ids, r_all.top_prior_ids)
         np.testing.assert_array_equal(r.top_posterior_ids, r_all.top_posterior_ids)
@@ -222,7 +210,7 @@ def _assert_close(r1, r2, atol, label=""):
     """Score arrays within ``atol``; ids and positions identical."""
     for name in ("positions", "token_ids", "top_prior_ids", "top_posterior_ids"):
         assert np.array_equal(getattr(r1, name), getattr(r2, name)), f"{label}: {name}"
-    for name in SCORE_NAMES + ("top_prior_probs", "top_posterior_probs"):
+    for name in SCORE_FIELDS + ("top_prior_probs", "top_posterior_probs"):
         np.testing.assert_allclose(
             getattr(r1, name), getattr(r2, name), rtol=0, atol=atol, err_msg=f"{label}: {name}"
         )
@@ -230,7 +218,7 @@ def _assert_close(r1, r2, atol, label=""):
     assert r1.num_candidates == r2.num_candidates
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("model_name", list(TINY_MODELS))
 def test_batch_size_invariance(model_name):
     """batch_size only changes how the work is split.
 
@@ -253,7 +241,7 @@ def test_batch_size_invariance(model_name):
             )
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("model_name", list(TINY_MODELS))
 def test_deterministic(model_name):
     model, prompt, response = _case(model_name, 2, vocab=17)
     _assert_identical(attribute(model, prompt, response), attribute(model, prompt, response), "repeat")
@@ -265,7 +253,7 @@ def test_deterministic(model_name):
     )
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("model_name", list(TINY_MODELS))
 @pytest.mark.parametrize("positions", [[1], [5], [2, 4], [1, 2, 3, 4, 5], [4, 2]])
 def test_position_subset_equals_full_run(model_name, positions):
     model, prompt, response = _case(model_name, 0, vocab=19)
@@ -274,7 +262,7 @@ def test_position_subset_equals_full_run(model_name, positions):
     assert sorted(part.positions.tolist()) == sorted(positions)
     assert part.log_p_response == pytest.approx(full.log_p_response, abs=1e-12)
     rows = [full.positions.tolist().index(k) for k in part.positions.tolist()]
-    for name in SCORE_NAMES + ("token_ids", "top_prior_probs", "top_posterior_probs"):
+    for name in SCORE_FIELDS + ("token_ids", "top_prior_probs", "top_posterior_probs"):
         np.testing.assert_allclose(
             np.asarray(getattr(part, name)), np.asarray(getattr(full, name))[rows], rtol=0, atol=1e-12, err_msg=name
         )
@@ -321,7 +309,7 @@ def test_model_without_config_uses_logits_width():
 # --------------------------------------------------------------------------- bounds, types
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("model_name", list(TINY_MODELS))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bounds(model_name, seed):
     vocab = 25
@@ -357,7 +345,7 @@ def test_result_types_and_shapes(candidates):
     assert len(res) == n - 1
     assert np.issubdtype(np.asarray(res.token_ids).dtype, np.integer)
     assert np.asarray(res.token_ids).tolist() == prompt[1:]
-    for name in SCORE_NAMES:
+    for name in SCORE_FIELDS:
         arr = getattr(res, name)
         assert isinstance(arr, np.ndarray), name
         assert arr.dtype == np.float64 and arr.shape == (n - 1,), (name, arr.dtype, arr.shape)
@@ -402,7 +390,7 @@ def test_train_mode_and_grad_mode_restored_and_dropout_off():
     for name, p in model.named_parameters():
         assert p.grad is None, f"{name} got a gradient"
         assert torch.equal(p.detach(), params[name][0]) and p.requires_grad == params[name][1]
-    for name in SCORE_NAMES:
+    for name in SCORE_FIELDS:
         np.testing.assert_allclose(getattr(res, name), getattr(ref, name), rtol=0, atol=1e-12, err_msg=name)
 
 

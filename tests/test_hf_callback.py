@@ -1,7 +1,7 @@
 """ProbAttrTrainerCallback inside real Hugging Face Trainer runs (tiny GPT-2, CPU).
 
 Every test trains a 1-layer, width-16 GPT-2 on a templated corpus for a dozen
-steps with a word-level tokenizer (see ``hf_helpers``), scoring three short
+steps with a word-level tokenizer (see ``helpers/hf.py``), scoring three short
 probes exactly over the whole vocabulary. W&B runs offline (``WANDB_MODE=
 offline``) and the run directory is read back from disk.
 """
@@ -21,20 +21,17 @@ pytest.importorskip("tokenizers")
 
 from transformers import EarlyStoppingCallback  # noqa: E402
 
-from hf_helpers import (  # noqa: E402
+from helpers.hf import (  # noqa: E402
+    PROBES,
     BlockDataset,
     ZeroWeightsFrom,
     make_corpus,
     make_tokenizer,
     make_trainer,
-    scoring,
     state_dict_copy,
-    wandb_config,
-    wandb_history,
-    wandb_metric_defs,
-    wandb_run_dir,
-    write_probes,
 )
+from helpers.probes import scoring_config, write_probes  # noqa: E402
+from helpers.wandb_offline import wandb_config, wandb_history, wandb_metric_defs, wandb_run_dir  # noqa: E402
 from probattr_monitor.callbacks.hf import ProbAttrTrainerCallback, producible_metric_names  # noqa: E402
 from probattr_monitor.monitor import ProbAttrMonitor, Schedule  # noqa: E402
 from probattr_monitor.probes import ProbeSetError  # noqa: E402
@@ -42,38 +39,16 @@ from probattr_monitor.sinks.files import read_history  # noqa: E402
 
 KEY = "eval_probattr_noise_rate"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls: one intra-op thread is much faster on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _no_wandb_run_left(monkeypatch):
-    """No test sees a W&B run left by another, and none talks to a server."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    yield
-    import sys
-
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
+pytestmark = pytest.mark.usefixtures("one_thread", "offline_wandb")
 
 
 @pytest.fixture
 def probes(tmp_path):
-    return write_probes(tmp_path)
+    return write_probes(tmp_path / "probes.jsonl", PROBES)
 
 
 def callback(probes, **kw):
-    kw.setdefault("scoring", scoring())
+    kw.setdefault("scoring", scoring_config())
     kw.setdefault("plots", False)
     kw.setdefault("wandb", False)
     return ProbAttrTrainerCallback(probes=str(probes), **kw)
@@ -127,7 +102,7 @@ def test_final_weights_bit_identical_with_and_without_callback(tmp_path, probes)
     assert hist[1]["noise_rate"] == pytest.approx(cb.history[1].value)
     assert (out / "step-00000004" / "tokens.csv").exists()
     config = json.loads((out / "config.json").read_text())
-    assert config["probe_fingerprint"] == cb.monitor.probe_set.fingerprint
+    assert config["fingerprint"] == cb.monitor.probe_set.fingerprint
     assert config["scoring"]["max_new_tokens"] == 3
 
 
@@ -238,11 +213,10 @@ def test_injected_keys_are_exactly_the_documented_ones(tmp_path, probes):
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
+def first_run(tmp_path_factory, one_thread):
     """12 steps, evaluation and checkpoint every 4: history [4, 8, 12]."""
     tmp = tmp_path_factory.mktemp("first")
-    probes = write_probes(tmp)
-    torch.set_num_threads(1)
+    probes = write_probes(tmp / "probes.jsonl", PROBES)
     cb = callback(probes)
     trainer = make_trainer(tmp, [cb], save_strategy="steps", save_steps=4)
     trainer.train()
@@ -287,9 +261,9 @@ def test_bad_configuration_raises_at_construction(tmp_path, probes):
         ProbAttrTrainerCallback(probes=str(probes), every_n_steps=0)
     with pytest.raises(ValueError, match="wandb"):
         ProbAttrTrainerCallback(probes=str(probes), wandb="yes")
-    mon = ProbAttrMonitor(str(probes), scoring=scoring())
+    mon = ProbAttrMonitor(str(probes), scoring=scoring_config())
     with pytest.raises(ValueError, match="not both"):
-        ProbAttrTrainerCallback(mon, scoring=scoring())
+        ProbAttrTrainerCallback(mon, scoring=scoring_config())
 
 
 @pytest.mark.parametrize(
@@ -409,7 +383,7 @@ def test_wandb_offline_run_directory(tmp_path, probes, monkeypatch, who_starts_t
     assert len(probes_table["data"]) == 3
     # run config: fingerprint and scoring settings
     config = wandb_config(run_dir)
-    assert config["probattr"]["probe_fingerprint"] == cb.monitor.probe_set.fingerprint
+    assert config["probattr"]["fingerprint"] == cb.monitor.probe_set.fingerprint
     assert config["probattr"]["scoring"]["candidates"] == "all"
     if who_starts_the_run == "user-wandb-init":
         assert config["mine"] == 1
@@ -423,13 +397,13 @@ def test_wandb_offline_run_directory(tmp_path, probes, monkeypatch, who_starts_t
 
 
 def test_monitor_schedule_every_n_steps_and_before_checkpoints(tmp_path, probes):
-    mon = ProbAttrMonitor(str(probes), scoring=scoring(), schedule=Schedule(every_n_steps=5, on_validation_end=False))
+    mon = ProbAttrMonitor(str(probes), scoring=scoring_config(), schedule=Schedule(every_n_steps=5, on_validation_end=False))
     cb = ProbAttrTrainerCallback(mon, wandb=False, plots=False)
     trainer = make_trainer(tmp_path / "a", [cb], eval_strategy="no", max_steps=10)
     trainer.train()
     assert steps_of(cb) == [5, 10] and cb.monitor is mon
 
-    mon = ProbAttrMonitor(str(probes), scoring=scoring(),
+    mon = ProbAttrMonitor(str(probes), scoring=scoring_config(),
                           schedule=Schedule(on_validation_end=False, on_save_checkpoint=True))
     cb = ProbAttrTrainerCallback(mon, wandb=False, plots=False)
     trainer = make_trainer(tmp_path / "b", [cb], eval_strategy="no", save_strategy="steps", save_steps=4)
@@ -458,10 +432,11 @@ def test_evaluate_before_training_scores_step_zero(tmp_path, probes):
 def test_only_world_process_zero_logs_but_every_rank_injects(tmp_path, probes):
     from transformers import TrainerControl, TrainerState
 
-    from hf_helpers import make_model, training_args
+    from helpers.hf import training_args
+    from helpers.models import trainer_gpt2
 
     tok = make_tokenizer()
-    model = make_model(tok)
+    model = trainer_gpt2(tok)
     args = training_args(tmp_path / "out")
     cb = callback(probes, wandb="auto", log_dir=tmp_path / "files")
     state = TrainerState(is_world_process_zero=False, is_local_process_zero=False)
@@ -486,12 +461,12 @@ import json, os, sys
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-sys.path.insert(0, sys.argv[1])
-from hf_helpers import make_trainer, scoring
+from helpers.hf import make_trainer
+from helpers.probes import scoring_config
 from probattr_monitor.callbacks.hf import ProbAttrTrainerCallback
 
-tmp = Path(sys.argv[2])
-cb = ProbAttrTrainerCallback(probes=str(tmp / "probes.jsonl"), scoring=scoring(), plots=False, wandb=False)
+tmp = Path(sys.argv[1])
+cb = ProbAttrTrainerCallback(probes=str(tmp / "probes.jsonl"), scoring=scoring_config(), plots=False, wandb=False)
 trainer = make_trainer(tmp, [cb], max_steps=8, per_device_train_batch_size=4,
                        metric_for_best_model="probattr_noise_rate", greater_is_better=False)
 trainer.train()
@@ -525,10 +500,11 @@ def test_ddp_two_cpu_processes_share_the_work_and_only_rank_zero_writes(tmp_path
 
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
+    here = Path(__file__).resolve().parent
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+        [str(here.parent), str(here), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           str(script), str(Path(__file__).parent), str(tmp_path)]
+           str(script), str(tmp_path)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

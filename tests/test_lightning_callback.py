@@ -20,41 +20,18 @@ wandb = pytest.importorskip("wandb")
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger, WandbLogger  # noqa: E402
 
-from lit_helpers import (  # noqa: E402
-    PlainForwardLM,
-    TinyLitLM,
-    load_wandb_table,
-    read_wandb_records,
-    scoring_config,
-    trainer_kwargs,
-    word_tokenizer,
-    write_probes,
-)
+from helpers.lit import PROBES, PlainForwardLM, TinyLitLM, trainer_kwargs, word_tokenizer  # noqa: E402
+from helpers.probes import scoring_config, write_probes  # noqa: E402
+from helpers.wandb_offline import load_wandb_table, read_wandb_records  # noqa: E402
 from probattr_monitor.callbacks import ProbAttrCallback  # noqa: E402
-from probattr_monitor.engine.budgeted import Budget  # noqa: E402
+from probattr_monitor.engine.budget import Budget  # noqa: E402
 from probattr_monitor.callbacks.lightning import logged_keys  # noqa: E402
 from probattr_monitor.monitor import ProbAttrMonitor, Schedule  # noqa: E402
 from probattr_monitor.sinks import read_history  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on 2 shared cores: one intra-op thread is much faster and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def offline_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    yield
-    if wandb.run is not None:
-        wandb.finish()
+pytestmark = pytest.mark.usefixtures("one_thread", "offline_wandb")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +41,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def probes(tmp_path_factory):
-    return str(write_probes(tmp_path_factory.mktemp("probes") / "probes.jsonl"))
+    return str(write_probes(tmp_path_factory.mktemp("probes") / "probes.jsonl", PROBES))
 
 
 def make_callback(probes, **kw):
@@ -85,10 +62,13 @@ def history_steps(cb):
     return [h.step for h in cb.history]
 
 
-def csv_rows(trainer):
-    path = Path(trainer.loggers[0].log_dir) / "metrics.csv"
-    with open(path, newline="") as fh:
+def csv_rows_of(logger):
+    with open(Path(logger.log_dir) / "metrics.csv", newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def csv_rows(trainer):
+    return csv_rows_of(trainer.loggers[0])
 
 
 # ----------------------------------------------------------------------------- never disturbing training
@@ -397,11 +377,6 @@ def test_wandb_logger_offline_run_dir_read_back(tok, probes, tmp_path):
     assert csv_steps == steps
 
 
-def csv_rows_of(logger):
-    with open(Path(logger.log_dir) / "metrics.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def test_users_own_wandb_run_gets_scalars_from_the_sink(tok, probes, tmp_path):
     run = wandb.init(mode="offline", dir=str(tmp_path), project="probattr-own")
     pl.seed_everything(0, verbose=False)
@@ -434,8 +409,8 @@ def test_without_wandb_tables_go_to_the_log_dir(tok, probes, tmp_path):
 
 def test_ddp_two_processes_same_metrics_tables_once(probes, tmp_path):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(HERE / "lit_helpers.py"), "ddp", str(tmp_path), probes],
+               PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "helpers.lit_ddp", str(tmp_path), probes],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))

@@ -11,6 +11,7 @@ import pytest
 
 pd = pytest.importorskip("pandas")
 
+from helpers.results import make_result  # noqa: E402
 from probattr_monitor.engine.result import SCORE_FIELDS, AttributionResult  # noqa: E402
 from probattr_monitor.report.compare import compare_metrics  # noqa: E402
 from probattr_monitor.report.definitions import METRIC_NAMES  # noqa: E402
@@ -29,48 +30,6 @@ from probattr_monitor.report.table import build_token_table, reclassify, table_c
 from probattr_monitor.report.values import MetricValue, SetMetrics  # noqa: E402
 
 NATS = NoiseConfig(entropy_mode="nats", entropy_threshold=2.0)
-
-
-def make_result(
-    attribution,
-    entropy_full=None,
-    entropy_prompt=None,
-    kl=None,
-    *,
-    is_special=None,
-    num_candidates=100,
-    texts=None,
-    stderr=None,
-    top_k=2,
-) -> AttributionResult:
-    """An AttributionResult built by hand (no engine)."""
-    a = np.asarray(attribution, dtype=np.float64)
-    n = a.shape[0]
-    hf = np.ones(n) if entropy_full is None else np.asarray(entropy_full, dtype=np.float64)
-    h = np.ones(n) if entropy_prompt is None else np.asarray(entropy_prompt, dtype=np.float64)
-    k = np.full(n, 0.1) if kl is None else np.asarray(kl, dtype=np.float64)
-    ids = np.arange(10, 10 + n, dtype=np.int64)
-    return AttributionResult(
-        positions=np.arange(1, n + 1, dtype=np.int64),
-        token_ids=ids,
-        attribution=a,
-        log_numerator=-1.0 - a,
-        log_denominator=-1.0 * np.ones(n),
-        entropy_prompt=h,
-        entropy_full=hf,
-        kl=k,
-        log_p_response=-2.0,
-        top_prior_ids=np.tile(np.arange(top_k, dtype=np.int64), (n, 1)),
-        top_prior_probs=np.tile(np.linspace(0.5, 0.1, top_k), (n, 1)),
-        top_posterior_ids=np.tile(np.arange(top_k, dtype=np.int64)[::-1], (n, 1)),
-        top_posterior_probs=np.tile(np.linspace(0.6, 0.2, top_k), (n, 1)),
-        prompt_ids=tuple(range(n + 1)),
-        response_ids=(1, 2, 3),
-        num_candidates=num_candidates,
-        token_texts=None if texts is None else tuple(texts),
-        is_special=None if is_special is None else np.asarray(is_special, dtype=bool),
-        stderr=stderr or {},
-    )
 
 
 def four_probes():

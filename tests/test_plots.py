@@ -11,6 +11,7 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
+from helpers import results  # noqa: E402
 from probattr_monitor.engine.result import AttributionResult  # noqa: E402
 from probattr_monitor.report import Report  # noqa: E402
 from probattr_monitor.report.metrics import compute_metrics  # noqa: E402
@@ -30,29 +31,15 @@ NATS = NoiseConfig(entropy_mode="nats", entropy_threshold=2.0)
 TOKENS = ["<s>", "What", " is", " the", " capital", " of", " France", "?", "\n", " <b>&", " answer", " briefly", "."]
 
 
-def make_result(attribution, texts, is_special=None):
+def make_result(attribution, texts, is_special=None) -> AttributionResult:
+    """A result with the token texts shown in the figures and entropies rising along the prompt."""
     a = np.asarray(attribution, dtype=np.float64)
     n = a.shape[0]
     hf = np.linspace(0.3, 5.0, n)
-    return AttributionResult(
-        positions=np.arange(1, n + 1, dtype=np.int64),
-        token_ids=np.arange(n, dtype=np.int64),
-        attribution=a,
-        log_numerator=-a,
-        log_denominator=np.zeros(n),
-        entropy_prompt=hf * 0.8,
-        entropy_full=hf,
-        kl=np.abs(a) / 4,
-        log_p_response=-1.0,
-        top_prior_ids=np.zeros((n, 1), dtype=np.int64),
-        top_prior_probs=np.ones((n, 1)),
-        top_posterior_ids=np.zeros((n, 1), dtype=np.int64),
-        top_posterior_probs=np.ones((n, 1)),
-        prompt_ids=tuple(range(n + 1)),
-        response_ids=(1,),
-        num_candidates=1000,
-        token_texts=tuple(texts),
-        is_special=None if is_special is None else np.asarray(is_special, dtype=bool),
+    return results.make_result(
+        a, hf, hf * 0.8, np.abs(a) / 4, token_ids=np.arange(n), log_numerator=-a, log_denominator=np.zeros(n),
+        log_p_response=-1.0, top_prior=([0], [1.0]), top_posterior=([0], [1.0]), response_ids=(1,),
+        num_candidates=1000, texts=texts, is_special=is_special,
     )
 
 

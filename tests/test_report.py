@@ -11,6 +11,7 @@ import pytest
 
 pd = pytest.importorskip("pandas")
 
+from helpers import results  # noqa: E402
 from probattr_monitor.engine.result import AttributionResult  # noqa: E402
 from probattr_monitor.report import Report  # noqa: E402
 from probattr_monitor.report.metrics import compute_metrics  # noqa: E402
@@ -22,30 +23,17 @@ NATS = NoiseConfig(entropy_mode="nats", entropy_threshold=2.0)
 TRICKY = [" hello", "\n", "a,b", '"quoted"', "nan", "", "NULL", "é😀", "\r\n", "  ", "None", "True", "1e5", "#"]
 
 
-def make_result(attribution, entropy_full=None, *, texts=None, is_special=None, stderr=None, num_candidates=100):
+def make_result(attribution, entropy_full=None, *, texts=None, is_special=None, stderr=None,
+                num_candidates=100) -> AttributionResult:
+    """A result whose floats do not round-trip through decimal text trivially (thirds, sevenths, 1e-17)."""
     a = np.asarray(attribution, dtype=np.float64)
     n = a.shape[0]
     hf = np.linspace(0.5, 4.0, n) if entropy_full is None else np.asarray(entropy_full, dtype=np.float64)
-    return AttributionResult(
-        positions=np.arange(1, n + 1, dtype=np.int64),
-        token_ids=np.arange(100, 100 + n, dtype=np.int64),
-        attribution=a,
-        log_numerator=-3.0 - a / 7,
-        log_denominator=np.full(n, -1.0 / 3),
-        entropy_prompt=hf / 3,
-        entropy_full=hf,
-        kl=np.abs(a) / 11,
-        log_p_response=-2.0,
-        top_prior_ids=np.tile(np.array([5, 6, 7], dtype=np.int64), (n, 1)),
-        top_prior_probs=np.tile(np.array([0.5, 1 / 3, 0.1]), (n, 1)),
-        top_posterior_ids=np.tile(np.array([7, 5, 6], dtype=np.int64), (n, 1)),
-        top_posterior_probs=np.tile(np.array([0.7, 0.2, 1e-17]), (n, 1)),
-        prompt_ids=tuple(range(n + 1)),
-        response_ids=(1, 2),
-        num_candidates=num_candidates,
-        token_texts=None if texts is None else tuple(texts),
-        is_special=None if is_special is None else np.asarray(is_special, dtype=bool),
-        stderr=stderr or {},
+    return results.make_result(
+        a, hf, hf / 3, np.abs(a) / 11, token_ids=np.arange(100, 100 + n), log_numerator=-3.0 - a / 7,
+        log_denominator=np.full(n, -1.0 / 3), top_prior=([5, 6, 7], [0.5, 1 / 3, 0.1]),
+        top_posterior=([7, 5, 6], [0.7, 0.2, 1e-17]), response_ids=(1, 2), num_candidates=num_candidates,
+        texts=texts, is_special=is_special, stderr=stderr,
     )
 
 

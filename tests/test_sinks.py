@@ -9,44 +9,38 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from lit_helpers import (
-    load_wandb_table,
-    read_wandb_records,
-    scoring_config,
-    tiny_lm,
-    word_tokenizer,
-    write_probes,
-)
+from helpers.lit import PROBES, word_tokenizer
+from helpers.models import one_layer_gpt2
+from helpers.probes import scoring_config, write_probes
+from helpers.wandb_offline import load_wandb_table, read_wandb_records
 from probattr_monitor.probes import load_probe_set
 from probattr_monitor.report import Report
 from probattr_monitor.scoring import score_probe_set
-from probattr_monitor.sinks import FileSink, WandbSink, read_history, step_dir_name, table_keys
+from probattr_monitor.sinks import FileSink, WandbSink, read_history
+from probattr_monitor.sinks.files import step_dir_name
+from probattr_monitor.sinks.wandb import table_keys
 
 wandb = pytest.importorskip("wandb")
 
+pytestmark = pytest.mark.usefixtures("offline_wandb")
+
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory):
+def reports(tmp_path_factory, one_thread):
     """Two reports of the tiny model (untrained and briefly trained), at steps 7 and 12."""
-    torch.set_num_threads(1)
     tok = word_tokenizer()
-    probes = load_probe_set(write_probes(tmp_path_factory.mktemp("probes") / "probes.jsonl"))
-    model = tiny_lm(len(tok), seed=0)
+    probes = load_probe_set(write_probes(tmp_path_factory.mktemp("probes") / "probes.jsonl", PROBES))
+    model = one_layer_gpt2(len(tok), seed=0)
     first = score_probe_set(model, tok, probes, scoring_config(), step=7, meta={"errors": {"px": "ValueError: boom"}})
-    second = score_probe_set(tiny_lm(len(tok), seed=1), tok, probes, scoring_config(), step=12)
+    second = score_probe_set(one_layer_gpt2(len(tok), seed=1), tok, probes, scoring_config(), step=12)
     return probes, first, second
 
 
 @pytest.fixture
-def offline_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    run = wandb.init(mode="offline", dir=str(tmp_path), project="probattr-sinks", config={"lr": 0.1})
-    yield run
-    if wandb.run is not None:
-        wandb.finish()
+def offline_run(tmp_path, offline_wandb):
+    """An offline run of its own for one test (finished after it by ``offline_wandb``)."""
+    return wandb.init(mode="offline", dir=str(tmp_path), project="probattr-sinks", config={"lr": 0.1})
 
 
 def run_dir(run) -> Path:

@@ -18,8 +18,8 @@ Quick start::
                       callbacks=[ProbAttrTrainerCallback(probes="reasonable-en"),
                                  EarlyStoppingCallback(early_stopping_patience=3)])
 
-How it fits the Trainer (read from ``transformers.Trainer``; DESIGN.md section 5)
---------------------------------------------------------------------------------
+How it fits the Trainer (read from ``transformers.Trainer``; docs/design.md section 5)
+-------------------------------------------------------------------------------------
 
 * ``Trainer.evaluate`` logs its metrics (``self.log``, which feeds ``on_log`` of
   every logger: ``WandbCallback``, TensorBoard...) and *then* calls
@@ -42,7 +42,8 @@ How it fits the Trainer (read from ``transformers.Trainer``; DESIGN.md section 5
   ``EarlyStoppingCallback`` counts one evaluation as one, as it does for
   HF's own per-dataset keys. The merged dict ``evaluate()`` returns holds them.
 * Injected keys: ``eval_probattr_<name>`` for every scalar of
-  :meth:`SetMetrics.scalars <probattr_monitor.report.SetMetrics.scalars>`: the
+  :meth:`SetMetrics.scalars <probattr_monitor.report.SetMetrics.scalars>`
+  (:func:`probattr_monitor.monitor.keys.scalar_names`): the
   metrics of :data:`~probattr_monitor.report.METRIC_NAMES` (``noise_rate``,
   ``near_zero_rate``, ``mean_entropy_full``...), their bootstrap intervals
   ``<name>_ci_low`` / ``<name>_ci_high``, and the counts ``n_tokens``,
@@ -70,8 +71,9 @@ How it fits the Trainer (read from ``transformers.Trainer``; DESIGN.md section 5
   :func:`~probattr_monitor.monitor.training_state_guard` (RNG states, module
   modes, grad mode, autocast restored), so a run ends with bit-identical
   weights with or without the callback. A scoring failure warns, is recorded
-  in :attr:`ProbAttrTrainerCallback.failures`, and injects NaN values (never
-  a best model; counts against early-stopping patience). Bad configuration
+  in :attr:`ProbAttrTrainerCallback.failures`, and injects NaN for every key
+  (metrics, intervals and counts; never a best model; counts against
+  early-stopping patience). Warnings come from global rank 0 only. Bad configuration
   raises ``ValueError`` before the first step: unknown probe set or unreadable
   file (at construction), impossible schedule (at construction), a
   ``metric_for_best_model`` probattr key that is never produced, scoring only
@@ -84,16 +86,21 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
-import warnings
 from typing import Any, Optional
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from probattr_monitor.callbacks.common import check_monitor, record_scoring_failure, wandb_run_for
+from probattr_monitor.callbacks.hf_checks import check_args, check_callback_order, eval_key
+from probattr_monitor.distributed import gatherer, rank_zero_warn
 from probattr_monitor.monitor import HistoryEntry, ProbAttrMonitor, Schedule
-from probattr_monitor.report import AS_CLASSES, HIGHER_IS_BETTER, METRIC_NAMES, Report
+from probattr_monitor.monitor.keys import scalar_names
+from probattr_monitor.monitor.run_config import RunConfig
+from probattr_monitor.report import Report
 from probattr_monitor.scoring import ScoringConfig
+from probattr_monitor.sinks import FileSink, WandbSink
+from probattr_monitor.sinks.wandb import is_wandb_run
 
 logger = logging.getLogger(__name__)
 
@@ -106,14 +113,11 @@ _RESTORE_ARG = "_probattr_restore_placeholder"
 def producible_metric_names() -> list[str]:
     """Every ``<name>`` this callback injects as ``eval_<prefix>_<name>``.
 
-    Matches :meth:`probattr_monitor.report.SetMetrics.scalars` (with intervals
+    :func:`probattr_monitor.monitor.keys.scalar_names`: what
+    :meth:`probattr_monitor.report.SetMetrics.scalars` produces (with intervals
     and counts).
     """
-    names = []
-    for name in METRIC_NAMES:
-        names += [name, f"{name}_ci_low", f"{name}_ci_high"]
-    names += ["n_tokens", "n_probes"] + [f"count_{c}" for c in AS_CLASSES]
-    return names
+    return scalar_names()
 
 
 class _RestorePlaceholder(TrainerCallback):
@@ -132,12 +136,6 @@ class _CallbackMeta(type):
         if kwargs.get(_RESTORE_ARG):
             return _RestorePlaceholder()
         return super().__call__(*args, **kwargs)
-
-
-def _is_active_wandb_run(run: Any) -> bool:
-    """Whether ``run`` looks like a W&B run object (has ``log`` and ``define_metric``)."""
-    return not isinstance(run, (bool, str)) and callable(getattr(run, "log", None)) and callable(
-        getattr(run, "define_metric", None))
 
 
 class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_CallbackMeta):
@@ -200,11 +198,10 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         log_dir: Optional[str | os.PathLike] = None,
         plots: bool = True,
     ) -> None:
-        if not (wandb == "auto" or isinstance(wandb, bool) or _is_active_wandb_run(wandb)):
+        if not (wandb == "auto" or isinstance(wandb, bool) or is_wandb_run(wandb)):
             raise ValueError(f"wandb must be 'auto', True, False or a wandb Run, got {wandb!r}")
         if monitor is not None:
-            if not isinstance(monitor, ProbAttrMonitor):
-                raise TypeError(f"monitor must be a ProbAttrMonitor, got {type(monitor).__name__}")
+            check_monitor(monitor)
             if scoring is not None or not (isinstance(probes, str) and probes == "reasonable-en"):
                 raise ValueError("pass probes/scoring either to the ProbAttrMonitor or to the callback, not both")
             if every_n_steps is not None or on_evaluate is not True:
@@ -238,7 +235,7 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
 
     def hf_key(self, name: str) -> str:
         """The evaluation-metrics key of metric ``name`` (``eval_probattr_noise_rate``)."""
-        return f"eval_{self.prefix}_{name}"
+        return eval_key(self.prefix, name)
 
     @property
     def history(self) -> list[HistoryEntry]:
@@ -275,72 +272,11 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         self._failed_steps = set()
 
     # ------------------------------------------------------------------ validation
-    def _probattr_metric(self, args: Any) -> Optional[str]:
-        """The probattr metric named by ``args.metric_for_best_model`` (``None`` if it names another one).
-
-        Raises ValueError for a probattr-looking key that is never produced.
-        """
-        key = getattr(args, "metric_for_best_model", None)
-        if not key:
-            return None
-        name = key[len("eval_"):] if key.startswith("eval_") else key
-        head = f"{self.prefix}_"
-        if not name.startswith(head):
-            if f"_{head}" in name or name.startswith(f"{self.prefix}/"):
-                raise ValueError(
-                    f"metric_for_best_model={key!r} is never produced: this callback injects "
-                    f"'{self.hf_key('<name>')}' (the same key for every eval dataset); "
-                    f"use metric_for_best_model='{head}noise_rate'"
-                )
-            return None
-        metric = name[len(head):]
-        valid = producible_metric_names()
-        if metric not in valid:
-            raise ValueError(
-                f"metric_for_best_model={key!r} is never produced by ProbAttrTrainerCallback; "
-                f"valid names are '{head}<name>' with <name> one of {valid}"
-            )
-        return metric
-
     def _check_args(self, args: Any, *, training: bool) -> None:
-        sched = self.monitor.schedule
-        metric = self._probattr_metric(args)
-        if metric is not None:
-            if not sched.on_validation_end:
-                raise ValueError(
-                    f"metric_for_best_model={args.metric_for_best_model!r} needs scores at evaluation, but the "
-                    "callback was created with on_evaluate=False"
-                )
-            if getattr(args, "greater_is_better", None) and HIGHER_IS_BETTER.get(metric.split("_ci_")[0]) is False:
-                msg = (f"metric_for_best_model={args.metric_for_best_model!r} with greater_is_better=True "
-                       "selects the checkpoint with the HIGHEST value of a lower-is-better metric; set "
-                       "greater_is_better=False "
-                       "(transformers defaults it to True for any metric not ending in 'loss')")
-                warnings.warn(msg, UserWarning, stacklevel=3)
-        if training:
-            only_eval = sched.on_validation_end and not (
-                sched.every_n_steps or sched.every_n_epochs or sched.on_save_checkpoint
-            )
-            strategy = getattr(args, "eval_strategy", None)
-            strategy = getattr(strategy, "value", strategy)
-            if only_eval and strategy == "no":
-                raise ValueError(
-                    "ProbAttrTrainerCallback scores only at evaluation but eval_strategy='no': nothing would "
-                    "ever be scored; set eval_strategy ('steps'/'epoch') or every_n_steps"
-                )
+        check_args(args, self.monitor.schedule, self.prefix, training=training)
 
     def _check_order(self, args: Any, state: Any) -> None:
-        """Refuse an ``EarlyStoppingCallback`` listed before this one when it gates on our metric."""
-        if self._probattr_metric(args) is None:
-            return
-        names = list(getattr(state, "stateful_callbacks", None) or {})
-        mine, es = type(self).__name__, "EarlyStoppingCallback"
-        if es in names and mine in names and names.index(es) < names.index(mine):
-            raise ValueError(
-                "EarlyStoppingCallback runs before ProbAttrTrainerCallback, so it would never see "
-                f"{self.hf_key(self._probattr_metric(args))!r} (callbacks run in list order and the metric "
-                "is added in on_evaluate): list ProbAttrTrainerCallback first in callbacks=[...]"
-            )
+        check_callback_order(args, state, self.prefix, type(self).__name__)
 
     def _tokenizer(self, processing_class: Any) -> Any:
         if self.monitor.tokenizer is not None:
@@ -380,7 +316,7 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         self._rank = int(getattr(args, "process_index", 0))
         self._world_size = int(getattr(args, "world_size", 1))
         self._shard = not (bool(getattr(args, "fsdp", None)) or bool(getattr(args, "deepspeed", None)))
-        self._config = self._run_config(args)
+        self._config = RunConfig.from_monitor(self.monitor).to_dict()
         if self._is_zero:
             self._open_sinks(args)
         self._ready = True
@@ -466,23 +402,6 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
                 record.update(values)
                 return
 
-    def _gather(self):
-        if self._world_size <= 1:
-            return None
-        try:
-            import torch.distributed as dist
-        except ImportError:  # pragma: no cover
-            return None
-        if not (dist.is_available() and dist.is_initialized()):
-            return None
-
-        def gather(obj: Any) -> list:
-            out: list = [None] * dist.get_world_size()
-            dist.all_gather_object(out, obj)
-            return out
-
-        return gather
-
     def _score(self, state: Any, model: Any, event: str) -> Optional[HistoryEntry]:
         step = int(state.global_step)
         entry = self._entry(step)
@@ -491,17 +410,14 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         try:
             if model is None:
                 raise RuntimeError("the Trainer passed no model to the callback")
-            gather = self._gather()
+            gather = gatherer(self._world_size)
             report = self.monitor.run(
                 model, step, rank=self._rank, world_size=self._world_size if gather else 1,
                 gather=gather, shard=self._shard,
             )
         except Exception as err:  # never disturb training for a scoring failure
-            msg = f"{type(err).__name__}: {err}"
-            self.failures.append({"step": step, "event": event, "error": msg})
+            record_scoring_failure(self.failures, step, event, err)
             self._failed_steps.add(step)
-            warnings.warn(f"probattr: scoring at step {step} failed ({msg}); training goes on", RuntimeWarning,
-                          stacklevel=2)
             logger.exception("probattr: scoring at step %d failed", step)
             return None
         self.last_report = report
@@ -510,65 +426,24 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         return self._entry(step)
 
     # ------------------------------------------------------------------ sinks
-    def _run_config(self, args: Any) -> dict:
-        from probattr_monitor import __version__
-
-        mon = self.monitor
-        sched = mon.schedule
-        return {
-            "probe_set": mon.probe_set.name,
-            "probe_set_source": str(mon.probe_set.source),
-            "probe_fingerprint": mon.probe_set.fingerprint,
-            "n_probes": len(mon.probe_set),
-            "scoring": mon.scoring.to_dict(),
-            "metric": mon.metric,
-            "mode": mon.mode,
-            "schedule": {
-                "every_n_steps": sched.every_n_steps,
-                "every_n_epochs": sched.every_n_epochs,
-                "on_evaluate": sched.on_validation_end,
-                "on_save_checkpoint": sched.on_save_checkpoint,
-            },
-            "eval_key_prefix": self.hf_key(""),
-            "metric_for_best_model": getattr(args, "metric_for_best_model", None),
-            "version": __version__,
-        }
-
     def _active_wandb_run(self) -> Any:
-        if _is_active_wandb_run(self.wandb):
-            return self.wandb
-        if self.wandb is False:
-            return None
-        if self.wandb == "auto" and "wandb" not in sys.modules:
-            return None  # nobody imported wandb: no run can be active
-        try:
-            import wandb
-        except ImportError:
-            if self.wandb is True:
-                raise ValueError("ProbAttrTrainerCallback(wandb=True) but wandb is not installed") from None
-            return None
-        return getattr(wandb, "run", None)
+        return wandb_run_for(self.wandb, owner=type(self).__name__,
+                             no_run="ProbAttrTrainerCallback(wandb=True) but no W&B run is active: call wandb.init() "
+                                    "or use TrainingArguments(report_to=['wandb'])")
 
     def _open_sinks(self, args: Any) -> None:
-        run = self._active_wandb_run()
-        if run is None and self.wandb is True:
-            raise ValueError("ProbAttrTrainerCallback(wandb=True) but no W&B run is active: call wandb.init() or "
-                             "use TrainingArguments(report_to=['wandb'])")
+        run = self._active_wandb_run()  # raises for wandb=True without a run
         if run is not None and self._wandb_sink is None:
             self._make_wandb_sink()
         if self._wandb_sink is not None:
             self._wandb_sink.setup(self._config)
         if self._file_sink is None and (self.log_dir is not None or self._wandb_sink is None):
-            from probattr_monitor.sinks.files import FileSink
-
             directory = self.log_dir or os.path.join(args.output_dir, self.prefix)
             self._file_sink = FileSink(directory, plots=self.plots)
             self._file_sink.setup(self._config)
 
     def _make_wandb_sink(self) -> None:
-        from probattr_monitor.sinks.wandb import WandbSink
-
-        run = self.wandb if _is_active_wandb_run(self.wandb) else None  # None: follow wandb.run
+        run = self.wandb if is_wandb_run(self.wandb) else None  # None: follow wandb.run
         self._wandb_sink = WandbSink(run, prefix=self.prefix, log_scalars=True, log_plots=self.plots)
 
     def _log(self, report: Report, step: int) -> None:
@@ -582,5 +457,4 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
                 self._file_sink.log(report, step)
             except Exception as err:
                 self.failures.append({"step": step, "event": "log_files", "error": f"{type(err).__name__}: {err}"})
-                warnings.warn(f"probattr: writing the report of step {step} failed: {err!r}", RuntimeWarning,
-                              stacklevel=2)
+                rank_zero_warn(f"probattr: writing the report of step {step} failed: {err!r}", RuntimeWarning)

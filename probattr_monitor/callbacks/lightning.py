@@ -16,11 +16,8 @@ resuming, and distributed training.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import re
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -28,65 +25,38 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-try:
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.utilities.model_helpers import is_overridden
-except ImportError:  # pragma: no cover - the standalone package
-    try:
-        import pytorch_lightning as pl  # type: ignore[no-redef]
-        from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint  # type: ignore[no-redef]
-        from pytorch_lightning.utilities.model_helpers import is_overridden  # type: ignore[no-redef]
-    except ImportError:
-        raise ImportError(
-            "probattr_monitor.callbacks.lightning needs Lightning: pip install 'probattr-monitor[lightning]'"
-        ) from None
-
-from probattr_monitor.engine.modes import scoring_mode
-from probattr_monitor.monitor import ProbAttrMonitor, Schedule, training_state_guard
-from probattr_monitor.report import AS_CLASSES, METRIC_NAMES, Report
+from probattr_monitor.callbacks import lightning_schedule as timing
+from probattr_monitor.callbacks._lightning_compat import Callback, generate_state_key, log_metrics_now, pl
+from probattr_monitor.callbacks.common import check_monitor, record_scoring_failure, require_wandb, wandb_run_for
+from probattr_monitor.callbacks.lightning_model import context_model, find_causal_lm, forward_module
+from probattr_monitor.distributed import broadcast_object, dist_ready, gatherer, rank_zero_warn
+from probattr_monitor.monitor import ProbAttrMonitor, Schedule
+from probattr_monitor.monitor.keys import scalar_keys, step_key
+from probattr_monitor.monitor.run_config import RunConfig
+from probattr_monitor.report import Report
 from probattr_monitor.scoring import ScoringConfig
 from probattr_monitor.sinks import FileSink, WandbSink
-from probattr_monitor.tokenization import conditioning_token_id
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProbAttrCallback", "logged_keys"]
+__all__ = ["ProbAttrCallback", "SHARDED_STRATEGIES", "logged_keys"]
 
 #: Strategies whose parameters are sharded across ranks: every rank must run the
 #: same forward passes (matched by class name, so their packages are never imported).
 SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
 
 
-
 def logged_keys(prefix: str = "probattr") -> list[str]:
-    """Every scalar key the callback logs through Lightning (``{prefix}/noise_rate``...)."""
-    keys = [f"{prefix}/step"]
-    for name in METRIC_NAMES:
-        keys += [f"{prefix}/{name}", f"{prefix}/{name}_ci_low", f"{prefix}/{name}_ci_high"]
-    keys += [f"{prefix}/n_tokens", f"{prefix}/n_probes"] + [f"{prefix}/count_{c}" for c in AS_CLASSES]
-    return keys
+    """Every scalar key the callback logs through Lightning (``{prefix}/step``, ``{prefix}/noise_rate``...).
+
+    ``{prefix}/step`` followed by :func:`probattr_monitor.monitor.keys.scalar_keys`.
+    """
+    return [step_key(prefix)] + scalar_keys(prefix)
 
 
 def _strategy_shards_params(strategy: Any) -> bool:
     names = {cls.__name__ for cls in type(strategy).__mro__}
     return any(name in names for name in SHARDED_STRATEGIES)
-
-
-def _dist_ready() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _all_gather_object(obj: Any) -> list:
-    out: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def _broadcast_object(obj: Any) -> Any:
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 class ProbAttrCallback(Callback):
@@ -172,9 +142,11 @@ class ProbAttrCallback(Callback):
     ------------------
     On global rank 0 only: to W&B (:class:`~probattr_monitor.sinks.WandbSink`;
     the run of Lightning's ``WandbLogger``, else ``wandb.run``) and/or to files
-    (:class:`~probattr_monitor.sinks.FileSink`). The W&B run config records
-    the probe-set manifest and fingerprint, the scoring settings and the
-    schedule under ``config[prefix]``.
+    (:class:`~probattr_monitor.sinks.FileSink`). The W&B run config (and the
+    files' ``config.json``) records :class:`~probattr_monitor.monitor.run_config.RunConfig`
+    under ``config[prefix]``: the probe-set manifest and fingerprint, the
+    scoring settings, the schedule and the tracked metric, the same record as
+    the Hugging Face callback's.
 
     Validation before training
     --------------------------
@@ -251,8 +223,7 @@ class ProbAttrCallback(Callback):
     ) -> None:
         super().__init__()
         if monitor is not None:
-            if not isinstance(monitor, ProbAttrMonitor):
-                raise TypeError(f"monitor must be a ProbAttrMonitor, got {type(monitor).__name__}")
+            check_monitor(monitor)
             defaults = {"probes": "reasonable-en", "scoring": None, "every_n_steps": None, "every_n_epochs": None,
                         "on_validation_end": True, "on_save_checkpoint": False, "metric": "noise_rate",
                         "mode": "min", "prefix": "probattr", "time_budget_s": None}
@@ -308,7 +279,7 @@ class ProbAttrCallback(Callback):
     # ------------------------------------------------------------------ identity / state
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.monitor.prefix, probes=self.monitor.probe_set.fingerprint[:16])
+        return generate_state_key(self, prefix=self.monitor.prefix, probes=self.monitor.probe_set.fingerprint[:16])
 
     @property
     def monitor_key(self) -> str:
@@ -334,11 +305,11 @@ class ProbAttrCallback(Callback):
         mark = f"'prefix': {self.monitor.prefix!r}"
         others = [k for k in states if isinstance(k, str) and k.startswith(type(self).__qualname__) and mark in k]
         if others:
-            warnings.warn(
+            rank_zero_warn(
                 f"probattr: the checkpoint holds {self.monitor.prefix!r} history for a different probe set "
                 f"({others[0]}); this run scores {self.monitor.probe_set.name!r} (fingerprint "
                 f"{self.monitor.probe_set.fingerprint[:16]}) and starts a new history: values are not comparable",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning,
             )
 
     @property
@@ -347,48 +318,10 @@ class ProbAttrCallback(Callback):
         return list(self.monitor.state.history)
 
     def config(self) -> dict[str, Any]:
-        """What the run config records (probe-set manifest and fingerprint, scoring, schedule)."""
-        m = self.monitor
-        return {
-            "probe_set": m.probe_set.manifest(),
-            "fingerprint": m.probe_set.fingerprint,
-            "scoring": m.scoring.to_dict(),
-            "bootstrap": {"n_boot": m.scoring.n_boot, "ci": m.scoring.ci},
-            "schedule": dataclasses.asdict(m.schedule),
-            "metric": m.metric,
-            "mode": m.mode,
-            "monitor_key": m.monitor_key,
-            "time_budget_s": m.time_budget_s,
-        }
+        """What the run config records: :class:`~probattr_monitor.monitor.run_config.RunConfig` of the monitor."""
+        return RunConfig.from_monitor(self.monitor).to_dict()
 
     # ------------------------------------------------------------------ validation
-    def _known_keys(self) -> set[str]:
-        return set(logged_keys(self.monitor.prefix))
-
-    def _watchers(self, trainer: "pl.Trainer") -> list[Any]:
-        """ModelCheckpoint / EarlyStopping callbacks that monitor one of our keys."""
-        out = []
-        for cb in trainer.callbacks:
-            if isinstance(cb, (ModelCheckpoint, EarlyStopping)):
-                mon = getattr(cb, "monitor", None)
-                if isinstance(mon, str) and mon.startswith(f"{self.monitor.prefix}/"):
-                    out.append(cb)
-        return out
-
-    def _check_watched_keys(self, trainer: "pl.Trainer") -> None:
-        known = self._known_keys()
-        for cb in self._watchers(trainer):
-            if cb.monitor == self.monitor_key and getattr(cb, "mode", self.monitor.mode) != self.monitor.mode:
-                warnings.warn(f"probattr: {type(cb).__name__}(monitor={cb.monitor!r}, mode={cb.mode!r}) but the "
-                              f"monitor treats {self.monitor.mode!r} as better", RuntimeWarning, stacklevel=2)
-            if cb.monitor not in known:
-                close = sorted(k for k in known if k.split("/")[-1][:5] == cb.monitor.split("/")[-1][:5])
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(
-                    f"{type(cb).__name__}(monitor={cb.monitor!r}) watches a key that ProbAttrCallback never logs"
-                    f"{hint}; it logs: {', '.join(sorted(known))}"
-                )
-
     def _resolve_tokenizer(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Any:
         if self.monitor.tokenizer is not None:
             return self.monitor.tokenizer
@@ -401,156 +334,14 @@ class ProbAttrCallback(Callback):
             "(or the datamodule) a `tokenizer` attribute"
         )
 
-    @staticmethod
-    def _trial_forward(model: torch.nn.Module, tokenizer: Any) -> Optional[str]:
-        """Run a 2-token forward; return why it is not a causal LM, or None if it is."""
-        tid = conditioning_token_id(tokenizer)
-        tid = 0 if tid is None else int(tid)
-        try:
-            device = next(iter(model.parameters())).device
-        except StopIteration:
-            device = torch.device("cpu")
-        ids = torch.tensor([[tid, tid]], device=device)
-        try:
-            with training_state_guard(model), scoring_mode(model):
-                try:
-                    out = model(input_ids=ids)
-                except TypeError:
-                    out = model(ids)
-        except Exception as err:  # noqa: BLE001 - reported to the user as a configuration error
-            return f"forward(input_ids=...) failed: {type(err).__name__}: {err}"
-        logits = getattr(out, "logits", None)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != (1, 2):
-            return f"forward(input_ids=...) returned {type(out).__name__} without [batch, seq, vocab] `.logits`"
-        return None
-
     def _resolve_model(self, pl_module: "pl.LightningModule", tokenizer: Any,
                        trainer: Optional["pl.Trainer"] = None) -> torch.nn.Module:
-        if self.model_attr is not None:
-            obj: Any = pl_module
-            for part in self.model_attr.split("."):
-                if not hasattr(obj, part):
-                    raise ValueError(f"model_attr={self.model_attr!r}: {type(obj).__name__} has no attribute {part!r}")
-                obj = getattr(obj, part)
-            if not isinstance(obj, torch.nn.Module):
-                raise ValueError(f"model_attr={self.model_attr!r} is a {type(obj).__name__}, not a torch.nn.Module")
-            problem = self._trial_forward(obj, tokenizer)
-            if problem:
-                raise ValueError(f"model_attr={self.model_attr!r} is not a causal LM returning `.logits`: {problem}")
-            return obj
-        problems = []
-        if type(pl_module).forward is not pl.LightningModule.forward:
-            caller = pl_module if trainer is None else self._forward_module(trainer, pl_module, pl_module)
-            problem = self._trial_forward(caller, tokenizer)
-            if problem is None:
-                return pl_module
-            problems.append(f"the LightningModule: {problem}")
-        children = self._hf_children(pl_module)
-        if len(children) == 1:
-            name, child = children[0]
-            problem = self._trial_forward(child, tokenizer)
-            if problem is None:
-                return child
-            problems.append(f"{name}: {problem}")
-        elif len(children) > 1:
-            problems.append(f"several transformers models ({', '.join(n for n, _ in children)})")
-        else:
-            problems.append("no transformers.PreTrainedModel child")
-        raise ValueError(
-            "ProbAttrCallback cannot find the causal LM to score (" + "; ".join(problems)
-            + "): pass model_attr='<attribute of the LightningModule>'"
-        )
-
-    @staticmethod
-    def _hf_children(pl_module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        try:
-            from transformers import PreTrainedModel
-        except ImportError:  # pragma: no cover
-            return []
-        found: list[tuple[str, torch.nn.Module]] = []
-        for name, module in pl_module.named_modules():
-            if name and isinstance(module, PreTrainedModel) and not any(name.startswith(f + ".") for f, _ in found):
-                found.append((name, module))
-        return found
-
-    def _checkpoint_reads(self, cb: Any, trainer: "pl.Trainer") -> str:
-        """When a watcher reads the metric: 'train_batch', 'train_epoch', 'validation' or 'time'."""
-        if isinstance(cb, EarlyStopping):
-            return "train_epoch" if getattr(cb, "_check_on_train_epoch_end", False) else "validation"
-        if getattr(cb, "_train_time_interval", None) is not None:
-            return "time"
-        if (getattr(cb, "_every_n_train_steps", 0) or 0) >= 1:
-            return "train_batch"
-        should = getattr(cb, "_should_save_on_train_epoch_end", None)
-        return "train_epoch" if (callable(should) and should(trainer)) else "validation"
-
-    @staticmethod
-    def _validation_runs(trainer: "pl.Trainer") -> bool:
-        if trainer.limit_val_batches == 0 or trainer.lightning_module is None:
-            return False
-        if not is_overridden("validation_step", trainer.lightning_module):
-            return False
-        if trainer.val_dataloaders is None:  # not loaded yet (first validation epoch later): assume it runs
-            return True
-        n = trainer.num_val_batches
-        return bool(sum(n) if isinstance(n, (list, tuple)) else n)
-
-    def _check_schedule_fits_run(self, trainer: "pl.Trainer") -> Optional[str]:
-        """Why the schedule cannot serve this run (None if it can)."""
-        s = self.schedule
-        has_val = self._validation_runs(trainer)
-        val_each_epoch_end = has_val and trainer.check_val_every_n_epoch == 1 and trainer.val_check_interval == 1.0
-        checkpoints = list(trainer.checkpoint_callbacks)
-        try:
-            max_steps = trainer.estimated_stepping_batches
-        except Exception:  # noqa: BLE001 - unknown length: assume steps are reached
-            max_steps = math.inf
-        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else math.inf
-        fires = {
-            "every_n_steps": bool(s.every_n_steps) and s.every_n_steps <= max_steps,
-            "every_n_epochs": bool(s.every_n_epochs) and s.every_n_epochs <= max_epochs,
-            "on_validation_end": s.on_validation_end and has_val,
-            "on_save_checkpoint": s.on_save_checkpoint and bool(checkpoints),
-        }
-        if not any(fires.values()):
-            return (
-                f"impossible schedule for this run: {dataclasses.asdict(s)} never fires (validation runs: {has_val}, "
-                f"ModelCheckpoint callbacks: {len(checkpoints)}, estimated optimizer steps: {max_steps}, "
-                f"max_epochs: {trainer.max_epochs})"
-            )
-        for cb in self._watchers(trainer):
-            reads = self._checkpoint_reads(cb, trainer)
-            if reads == "time":
-                warnings.warn(f"probattr: {type(cb).__name__}(monitor={cb.monitor!r}, train_time_interval=...) "
-                              "saves at clock times the callback cannot anticipate: it ranks checkpoints on the "
-                              "latest scored value; use every_n_train_steps for fresh values", RuntimeWarning,
-                              stacklevel=2)
-                continue
-            if s.on_save_checkpoint and isinstance(cb, ModelCheckpoint):
-                continue
-            if reads == "validation":
-                fresh = s.on_validation_end
-            elif reads == "train_epoch":
-                every = max(1, getattr(cb, "_every_n_epochs", 1) or 1) if isinstance(cb, ModelCheckpoint) else 1
-                fresh = (bool(s.every_n_epochs) and every % s.every_n_epochs == 0) or (
-                    s.on_validation_end and val_each_epoch_end)
-            else:  # train_batch
-                every = getattr(cb, "_every_n_train_steps", 0)
-                fresh = bool(s.every_n_steps) and every % s.every_n_steps == 0
-            if not fresh:
-                where = {"validation": "at the end of validation", "train_epoch": "at the end of training epochs",
-                         "train_batch": f"every {getattr(cb, '_every_n_train_steps', '?')} training steps"}[reads]
-                fix = "on_save_checkpoint=True" if isinstance(cb, ModelCheckpoint) else "a matching schedule"
-                return (
-                    f"{type(cb).__name__}(monitor={cb.monitor!r}) reads the metric {where}, but the ProbAttrCallback "
-                    f"schedule {dataclasses.asdict(s)} does not score there: it would compare a missing or stale "
-                    f"value. Use {fix} (or on_validation_end=True / every_n_steps / every_n_epochs to match)."
-                )
-        return None
+        return find_causal_lm(pl_module, tokenizer, model_attr=self.model_attr,
+                              strategy=None if trainer is None else trainer.strategy)
 
     def _agree(self, trainer: "pl.Trainer", problem: Optional[str]) -> None:
         """Raise the same error on every rank (rank 0's verdict wins; a collective on all ranks)."""
-        if trainer.world_size > 1 and _dist_ready():
+        if trainer.world_size > 1 and dist_ready():
             problem = trainer.strategy.broadcast(problem, src=0)
         if problem:
             raise ValueError(problem)
@@ -562,23 +353,19 @@ class ProbAttrCallback(Callback):
         # Every rank logs identical (gathered or broadcast) values, so Lightning's advice to add
         # sync_dist=True for epoch-level values in distributed runs does not apply to our keys.
         warnings.filterwarnings("ignore", message=rf".*self\.log\('{re.escape(self.monitor.prefix)}/.*sync_dist=True")
-        self._check_watched_keys(trainer)
+        timing.check_watched_keys(trainer, self.monitor.prefix, set(logged_keys(self.monitor.prefix)),
+                                  self.monitor_key, self.monitor.mode)
         tokenizer = self._resolve_tokenizer(trainer, pl_module)
         self.monitor.tokenizer = tokenizer
         if self.wandb is True and not self._has_wandb_logger(trainer):
-            try:
-                import wandb  # noqa: F401
-            except ImportError:
-                raise ValueError(
-                    "ProbAttrCallback(wandb=True) needs wandb: pip install 'probattr-monitor[wandb]'"
-                ) from None
+            require_wandb(type(self).__name__)
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         problem = None
         try:
             self._model = self._resolve_model(pl_module, self.monitor.tokenizer, trainer)
             self.monitor.setup(self._model if getattr(self._model, "config", None) is not None
-                               else self._context_model(pl_module), self.monitor.tokenizer)
+                               else context_model(pl_module, self._model), self.monitor.tokenizer)
         except ValueError as err:
             problem = str(err)
         self._agree(trainer, problem)
@@ -595,12 +382,8 @@ class ProbAttrCallback(Callback):
                 problem = f"ProbAttrCallback: setting up the logging sinks failed: {err}"
         self._agree(trainer, problem)
 
-    def _context_model(self, pl_module: "pl.LightningModule") -> torch.nn.Module:
-        children = self._hf_children(pl_module)
-        return children[0][1] if len(children) == 1 else self._model
-
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._agree(trainer, self._check_schedule_fits_run(trainer))
+        self._agree(trainer, timing.schedule_problem(self.schedule, trainer, self.monitor.prefix))
 
     # ------------------------------------------------------------------ sinks
     @staticmethod
@@ -609,19 +392,13 @@ class ProbAttrCallback(Callback):
 
     def _make_sinks(self, trainer: "pl.Trainer", default_dir: Path) -> list[Any]:
         sinks: list[Any] = []
-        run, via_logger = None, False
+        logger_run = None
         if self.wandb is not False:
-            for lg in trainer.loggers:
-                if type(lg).__name__ == "WandbLogger":
-                    run, via_logger = lg.experiment, True
-                    break
-            if run is None and (self.wandb is True or "wandb" in sys.modules):
-                import wandb
-
-                run = wandb.run
-            if run is None and self.wandb is True:
-                raise ValueError("ProbAttrCallback(wandb=True) found no W&B run: attach a WandbLogger or call "
-                                 "wandb.init() before trainer.fit()")
+            logger_run = next((lg.experiment for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"), None)
+        run = wandb_run_for(self.wandb, owner=type(self).__name__, framework_run=logger_run,
+                            no_run="ProbAttrCallback(wandb=True) found no W&B run: attach a WandbLogger or call "
+                                   "wandb.init() before trainer.fit()")
+        via_logger = run is not None and run is logger_run
         if run is not None:
             # With a WandbLogger the scalars reach W&B through Lightning; with the user's own run they don't.
             sinks.append(WandbSink(run, log_scalars=not via_logger, **self._wandb_sink_args))
@@ -637,52 +414,26 @@ class ProbAttrCallback(Callback):
         fn = getattr(getattr(trainer, "state", None), "fn", None)
         return str(getattr(fn, "value", fn)) == "fit" and not trainer.sanity_checking
 
-    def _checkpoint_due(self, trainer: "pl.Trainer", hook: str) -> bool:
-        """Whether some ModelCheckpoint saves right after ``hook`` (on_save_checkpoint schedule)."""
-        if not self.schedule.on_save_checkpoint:
-            return False
-        step, epoch = trainer.global_step, trainer.current_epoch
-        for cb in trainer.checkpoint_callbacks:
-            if not isinstance(cb, ModelCheckpoint):
-                continue
-            if getattr(cb, "_last_global_step_saved", None) == step:
-                continue
-            n_steps = getattr(cb, "_every_n_train_steps", 0) or 0
-            n_epochs = getattr(cb, "_every_n_epochs", 0) or 0
-            should = getattr(cb, "_should_save_on_train_epoch_end", None)
-            on_epoch_end = bool(callable(should) and should(trainer))
-            # train_time_interval saves are decided by the clock inside ModelCheckpoint: not anticipated
-            # (a warning at train start says so); guessing per rank could also desynchronise the ranks.
-            if hook == "train_batch":
-                if n_steps >= 1 and step % n_steps == 0:
-                    return True
-            elif hook == "train_epoch":
-                if on_epoch_end and n_epochs >= 1 and (epoch + 1) % n_epochs == 0:
-                    return True
-            elif hook == "validation":
-                if not on_epoch_end and n_epochs >= 1 and (epoch + 1) % n_epochs == 0:
-                    return True
-        return False
-
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         if not self._fitting(trainer):
             return
         step = trainer.global_step
-        if self.schedule.due("train_step", step) or self._checkpoint_due(trainer, "train_batch"):
+        if self.schedule.due("train_step", step) or timing.checkpoint_due(self.schedule, trainer, "train_batch"):
             self._score_and_log(trainer, pl_module, "train_step")
 
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if not self._fitting(trainer):
             return
-        step, epoch = trainer.global_step, trainer.current_epoch
-        if self.schedule.due("train_epoch", step, epoch) or self._checkpoint_due(trainer, "train_epoch"):
+        due = self.schedule.due("train_epoch", trainer.global_step, trainer.current_epoch)
+        if due or timing.checkpoint_due(self.schedule, trainer, "train_epoch"):
             self._score_and_log(trainer, pl_module, "train_epoch")
 
     def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if not self._fitting(trainer):
             return  # never during the sanity check, nor in trainer.validate()
-        if self.schedule.due("validation_end", trainer.global_step) or self._checkpoint_due(trainer, "validation"):
+        step = trainer.global_step
+        if self.schedule.due("validation_end", step) or timing.checkpoint_due(self.schedule, trainer, "validation"):
             self._score_and_log(trainer, pl_module, "validation_end")
 
     # ------------------------------------------------------------------ scoring
@@ -691,15 +442,6 @@ class ProbAttrCallback(Callback):
             return self.shard_probes
         return not _strategy_shards_params(trainer.strategy)
 
-    @staticmethod
-    def _forward_module(trainer: "pl.Trainer", pl_module: Any, module: torch.nn.Module) -> torch.nn.Module:
-        """The module to call: under FSDP the root wrapper stands for the LightningModule it wraps."""
-        if module is pl_module:
-            root = getattr(trainer.strategy, "model", None)
-            if root is not None and root is not pl_module and type(root).__name__ == "FullyShardedDataParallel":
-                return root
-        return module
-
     def _score_and_log(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", event: str) -> None:
         step = int(trainer.global_step)
         if self.monitor.already_scored(step) or step in self._attempted:
@@ -707,29 +449,28 @@ class ProbAttrCallback(Callback):
         self._attempted.add(step)
         if self._model is None:  # fit started without on_fit_start (should not happen)
             self._model = self._resolve_model(pl_module, self.monitor.tokenizer, trainer)
-        distributed = trainer.world_size > 1 and _dist_ready()
+        gather = gatherer(trainer.world_size)
+        distributed = gather is not None
         shard = self._shard(trainer)
         started = time.perf_counter()
         try:
             report = self.monitor.run(
-                self._forward_module(trainer, pl_module, self._model), step, rank=trainer.global_rank,
-                world_size=trainer.world_size, gather=_all_gather_object if distributed else None, shard=shard,
+                forward_module(trainer.strategy, pl_module, self._model), step, rank=trainer.global_rank,
+                world_size=trainer.world_size, gather=gather, shard=shard,
             )
         except Exception as err:  # noqa: BLE001 - scoring must never stop training
-            self.failures.append({"step": step, "event": event, "error": f"{type(err).__name__}: {err}"})
-            warnings.warn(f"probattr: scoring at step {step} ({event}) failed: {err!r}; training goes on",
-                          RuntimeWarning, stacklevel=2)
+            record_scoring_failure(self.failures, step, event, err)
             return
         score_s = time.perf_counter() - started
         self.last_report = report
         errors = report.meta.get("errors") or {}
         if errors:
-            warnings.warn(f"probattr: {len(errors)} probe(s) failed at step {step}: "
-                          + "; ".join(f"{k}: {v}" for k, v in list(errors.items())[:3]), RuntimeWarning, stacklevel=2)
-        scalars = {f"{self.monitor.prefix}/step": float(step)}
+            rank_zero_warn(f"probattr: {len(errors)} probe(s) failed at step {step}: "
+                           + "; ".join(f"{k}: {v}" for k, v in list(errors.items())[:3]), RuntimeWarning)
+        scalars = {step_key(self.monitor.prefix): float(step)}
         scalars.update(report.metrics.scalars(prefix=f"{self.monitor.prefix}/"))
         if distributed and not shard:
-            scalars = _broadcast_object(scalars)  # identical values on every rank, whatever the arithmetic
+            scalars = broadcast_object(scalars)  # identical values on every rank, whatever the arithmetic
         started = time.perf_counter()
         if trainer.is_global_zero:
             for sink in self.sinks:  # W&B first: its step key precedes the scalars Lightning sends
@@ -745,18 +486,9 @@ class ProbAttrCallback(Callback):
         for key, value in scalars.items():
             pl_module.log(key, float(value), on_step=in_batch, on_epoch=not in_batch, logger=to_loggers,
                           prog_bar=key == self.monitor_key, sync_dist=False, rank_zero_only=False, batch_size=1)
-        if in_batch:
+        if in_batch and trainer.loggers:
             # Step-level values reach the loggers only every `log_every_n_steps`; send them now, once,
             # through the trainer's own logger path (same step and `epoch` column as Lightning's), rounded
             # like the values `self.log` stores, so loggers and `callback_metrics` agree.
             dtype = torch.get_default_dtype()
-            values = {k: float(torch.tensor(float(v), dtype=dtype)) for k, v in scalars.items()}
-            connector = getattr(trainer, "_logger_connector", None)
-            if not trainer.loggers:
-                pass
-            elif connector is not None and hasattr(connector, "log_metrics"):
-                connector.log_metrics(values)
-            else:  # pragma: no cover - older/newer Lightning without the connector method
-                step = trainer.fit_loop.epoch_loop._batches_that_stepped
-                for lg in trainer.loggers:
-                    lg.log_metrics(values, step=step)
+            log_metrics_now(trainer, {k: float(torch.tensor(float(v), dtype=dtype)) for k, v in scalars.items()})

@@ -68,7 +68,7 @@ class CandidateSpec:
                                f"vocabulary [0, {vocab_size})")
             ids = sorted(set(self.ids))
             return ids, {"kind": "ids", "source": self.source, "n": len(ids), "vocab_size": vocab_size}
-        from probattr_monitor.engine.budgeted import Budget  # the engine (torch) loads only when scoring
+        from probattr_monitor.engine.budget import Budget  # the engine (torch) loads only when scoring
 
         budget = Budget(seed=seed) if self.kind == "budget" else Budget(max_candidates=self.count, seed=seed)
         return budget, {"kind": "budget", "max_candidates": budget.max_candidates,

@@ -36,7 +36,7 @@ _LOGGER = "probattr_monitor"
 
 def _version() -> str:
     try:
-        from probattr_monitor import __version__
+        from probattr_monitor.version import __version__
     except ImportError:  # pragma: no cover
         return "unknown"
     return __version__

@@ -1,8 +1,12 @@
-"""Scoring engine: exact probabilistic attribution of one prompt/response pair."""
+"""Scoring engine: probabilistic attribution of one prompt/response pair, exact or budgeted.
 
-from probattr_monitor.engine.budgeted import Budget, attribute_budgeted
-from probattr_monitor.engine.exact import attribute
+The other names live in their modules (e.g.
+:func:`probattr_monitor.engine.budgeted.attribute_budgeted`).
+"""
+
+from probattr_monitor.engine.api import attribute
+from probattr_monitor.engine.budget import Budget
 from probattr_monitor.engine.result import AttributionResult
 from probattr_monitor.engine.text import attribute_text
 
-__all__ = ["AttributionResult", "Budget", "attribute", "attribute_budgeted", "attribute_text"]
+__all__ = ["AttributionResult", "Budget", "attribute", "attribute_text"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -22,6 +22,14 @@ SCORE_FIELDS = (
     "entropy_full",
     "kl",
 )
+
+#: Per-position surprisals of the prompt token itself, in nats: ``-log p_k(x_k)`` and
+#: ``-log p'_k(x_k)`` (docs/design.md section 2). They are exported with the scores;
+#: the identity ``surprisal_prompt - surprisal_full = attribution`` holds.
+SURPRISAL_FIELDS = ("surprisal_prompt", "surprisal_full")
+
+#: Every per-position quantity of a result, in export order.
+EXPORT_FIELDS = SCORE_FIELDS + SURPRISAL_FIELDS
 
 #: How many replacement candidates of p_k and p'_k a result keeps per position.
 TOP_K = 5
@@ -41,7 +49,7 @@ class AttributionResult:
     token_ids : numpy.ndarray
         The prompt token ``x_k`` at each scored position (int64).
     attribution : numpy.ndarray
-        AS_k = log P(y|x) - log P(y|x_-k) (DESIGN.md section 2, eq. 3/7).
+        AS_k = log P(y|x) - log P(y|x_-k) (docs/design.md section 2, eq. 3/7).
     log_numerator : numpy.ndarray
         log P(x_>k, y | x_<k) over the candidate set (eq. 8).
     log_denominator : numpy.ndarray
@@ -74,6 +82,10 @@ class AttributionResult:
         tokenizer (BOS/EOS, chat-template markers).
     response_text : str, optional
         Decoded response (filled by :func:`attribute_text`).
+    token_log_joint : numpy.ndarray, optional
+        ``a_k(x_k) = log P(x_k, x_>k | x_<k)`` of the prompt's own token at each
+        position (from the full pass). It gives :attr:`surprisal_prompt` and
+        :attr:`surprisal_full`, which are NaN without it.
     stderr : dict of str to numpy.ndarray
         Standard error of each estimated quantity (empty for exact scoring).
     info : dict
@@ -99,11 +111,26 @@ class AttributionResult:
     token_texts: Optional[tuple] = None
     is_special: Optional[np.ndarray] = None
     response_text: Optional[str] = None
+    token_log_joint: Optional[np.ndarray] = None
     stderr: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.positions.shape[0])
+
+    @property
+    def surprisal_prompt(self) -> np.ndarray:
+        """``-log p_k(x_k)``: how surprising the prompt's token is given the rest of the prompt (nats)."""
+        if self.token_log_joint is None:
+            return np.full(len(self), np.nan)
+        return self.log_denominator - self.token_log_joint
+
+    @property
+    def surprisal_full(self) -> np.ndarray:
+        """``-log p'_k(x_k)``: the same given the rest of the prompt and the response (nats)."""
+        if self.token_log_joint is None:
+            return np.full(len(self), np.nan)
+        return self.log_numerator - self.token_log_joint - self.log_p_response
 
     def to_rows(self, decode: Optional[Any] = None) -> list[dict]:
         """One dict per scored position (the export schema).
@@ -117,8 +144,8 @@ class AttributionResult:
         Returns
         -------
         list of dict
-            Keys: ``position, token_id, token_text, is_special``, the six
-            :data:`SCORE_FIELDS` (plus ``<name>_se`` where standard errors
+            Keys: ``position, token_id, token_text, is_special``, the
+            :data:`EXPORT_FIELDS` (plus ``<name>_se`` where standard errors
             exist), and ``top_prior`` / ``top_posterior``: lists of
             ``{"id", "text", "prob"}`` dicts.
         """
@@ -130,7 +157,7 @@ class AttributionResult:
                 "token_text": None if self.token_texts is None else self.token_texts[i],
                 "is_special": None if self.is_special is None else bool(self.is_special[i]),
             }
-            for name in SCORE_FIELDS:
+            for name in EXPORT_FIELDS:
                 row[name] = float(getattr(self, name)[i])
                 if name in self.stderr:
                     row[f"{name}_se"] = float(self.stderr[name][i])
@@ -187,7 +214,3 @@ class AttributionResult:
             writer.writerows(flat)
         return atomic_write_text(path, buf.getvalue())
 
-
-def result_field_names() -> Sequence[str]:
-    """Names of every field of :class:`AttributionResult` (for schema checks)."""
-    return [f.name for f in fields(AttributionResult)]

@@ -36,6 +36,9 @@ _FLOAT32_BYTES = 4
 #: Logits chunk of the LM head: small enough to stay in cache while it is reduced.
 HEAD_CHUNK_BYTES = 64 * 2**20
 
+#: Default bound on the engine's transient tensors (logits chunks, batch activations), in MiB.
+DEFAULT_MEMORY_BUDGET_MB = 1024
+
 
 @dataclass
 class FullPass:

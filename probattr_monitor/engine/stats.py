@@ -1,4 +1,4 @@
-"""From the candidate scores a_k(v), b_k(v) to AS, entropies and KL (DESIGN.md section 2)."""
+"""From the candidate scores a_k(v), b_k(v) to AS, entropies and KL (docs/design.md section 2)."""
 
 from __future__ import annotations
 

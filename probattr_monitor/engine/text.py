@@ -7,18 +7,18 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from probattr_monitor.engine.exact import attribute
+from probattr_monitor.engine.api import attribute
 from probattr_monitor.engine.generation import greedy_response, top_p_response
 from probattr_monitor.engine.result import AttributionResult
-from probattr_monitor.tokenization import prepend_bos_ids, special_ids, token_texts
+from probattr_monitor.tokenization import encode_text, prepend_bos_ids, special_ids, token_texts
 
 DECODINGS = ("greedy", "top-p")
 
 
 def encode_prompt(tokenizer: Any, prompt: str, add_bos: bool = True) -> list[int]:
     """Tokenize ``prompt`` without the tokenizer's own special tokens, then apply the BOS policy."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return prepend_bos_ids(tokenizer, ids) if add_bos else list(ids)
+    ids = encode_text(tokenizer, prompt)
+    return prepend_bos_ids(tokenizer, ids) if add_bos else ids
 
 
 def make_response(
@@ -94,7 +94,7 @@ def attribute_text(
     elif isinstance(response, str):
         if not response:
             raise ValueError("response is an empty string")
-        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+        response_ids = encode_text(tokenizer, response)
     else:
         response_ids = [int(t) for t in response]
     res = attribute(model, prompt_ids, response_ids, candidates=candidates, positions=positions,

@@ -9,8 +9,10 @@ import numpy as np
 import torch
 
 
-def as_id_list(ids: Any, name: str) -> list[int]:
-    """Coerce a prompt/response given as a list, tuple, numpy or 1-D tensor to ``list[int]``.
+def as_token_ids(ids: Any, name: str) -> list[int]:
+    """Check and coerce user-given token ids (list, tuple, numpy or 1-D tensor) to ``list[int]``.
+
+    ``name`` names the argument in error messages.
 
     Raises
     ------
@@ -74,7 +76,7 @@ def check_positions(positions: Optional[Any], prompt_len: int) -> np.ndarray:
         )
     if positions is None:
         return np.arange(1, prompt_len, dtype=np.int64)
-    pos = as_id_list(positions, "positions") if not isinstance(positions, numbers.Integral) else None
+    pos = as_token_ids(positions, "positions") if not isinstance(positions, numbers.Integral) else None
     if pos is None:
         raise TypeError("positions must be a sequence of prompt indices, not a single integer")
     if len(set(pos)) != len(pos):
@@ -103,7 +105,7 @@ def check_candidates(candidates: Any, vocab_size: int) -> np.ndarray:
             raise ValueError(f"candidates must be 'all' or a sequence of token ids, got the string {candidates!r}")
         return np.arange(vocab_size, dtype=np.int64)
     try:
-        cand = as_id_list(candidates, "candidates")
+        cand = as_token_ids(candidates, "candidates")
     except ValueError as err:
         if "empty" in str(err):
             raise ValueError("candidates is empty: give 'all' or at least one token id") from None
@@ -144,13 +146,30 @@ def context_limit(model: Any) -> Optional[int]:
     return None
 
 
-def check_context(model: Any, length: int) -> None:
-    """Raise ``ValueError`` if ``length`` tokens exceed the model's context window."""
+def check_fits_context(model: Any, length: int, what: str = "prompt + response",
+                       counting: Optional[str] = None) -> None:
+    """Raise ``ValueError`` if ``length`` tokens exceed the model's context window.
+
+    Parameters
+    ----------
+    model
+        The model; a window is known only if its config declares one (:func:`context_limit`).
+    length : int
+        Tokens needed.
+    what : str
+        What needs them, for the message (``"probe 'p1'"``).
+    counting : str, optional
+        What the count is made of, for the message (``"prompt + response"``).
+
+    Raises
+    ------
+    ValueError
+        ``"<what> needs <length> tokens (<counting>) but the model's context window is <limit>"``.
+    """
     limit = context_limit(model)
     if limit is not None and length > limit:
-        raise ValueError(
-            f"prompt + response is {length} tokens, longer than the model's context window of {limit} positions"
-        )
+        made_of = "" if counting is None else f" ({counting})"
+        raise ValueError(f"{what} needs {length} tokens{made_of} but the model's context window is {limit}")
 
 
 def declared_vocab_size(model: Any) -> Optional[int]:
@@ -178,8 +197,8 @@ def validate_request(
         Ids as ``list[int]``, sorted positions, and the batch size or ``None``.
     """
     check_model(model)
-    prompt = as_id_list(prompt_ids, "prompt_ids")
-    response = as_id_list(response_ids, "response_ids")
+    prompt = as_token_ids(prompt_ids, "prompt_ids")
+    response = as_token_ids(response_ids, "response_ids")
     pos = check_positions(positions, len(prompt))
     bs = check_batch_size(batch_size)
     if not memory_budget_mb or memory_budget_mb <= 0:
@@ -188,5 +207,5 @@ def validate_request(
     if declared is not None:
         check_in_vocab(prompt, declared, "prompt_ids")
         check_in_vocab(response, declared, "response_ids")
-    check_context(model, len(prompt) + len(response))
+    check_fits_context(model, len(prompt) + len(response))
     return prompt, response, pos, bs

@@ -9,6 +9,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from probattr_monitor.engine.modes import preserved_module_modes
+
 
 @contextlib.contextmanager
 def training_state_guard(model: torch.nn.Module) -> Iterator[None]:
@@ -24,12 +26,12 @@ def training_state_guard(model: torch.nn.Module) -> Iterator[None]:
     np_state = np.random.get_state()
     torch_state = torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    modes = [(m, m.training) for m in model.modules()]
     grad = torch.is_grad_enabled()
     tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(preserved_module_modes(model))
             for dt in device_types:
                 stack.enter_context(torch.autocast(device_type=dt, enabled=False))
             stack.enter_context(torch.no_grad())
@@ -40,7 +42,5 @@ def training_state_guard(model: torch.nn.Module) -> Iterator[None]:
         torch.set_rng_state(torch_state)
         if cuda_states is not None:
             torch.cuda.set_rng_state_all(cuda_states)
-        for module, was_training in modes:
-            module.training = was_training
         torch.set_grad_enabled(grad)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32

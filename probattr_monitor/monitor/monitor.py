@@ -1,4 +1,9 @@
-"""The framework-agnostic monitor: probe set + scoring settings + schedule + state."""
+"""The framework-agnostic monitor: probe set + scoring settings + schedule + state.
+
+Callbacks decide when to score and call :meth:`ProbAttrMonitor.run`; the
+monitor scores (sharding and gathering under DDP), builds the report and keeps
+the history that checkpoints save and resumes restore.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from probattr_monitor.distributed import is_rank_zero
+from probattr_monitor.engine.validation import check_fits_context, context_limit
 from probattr_monitor.monitor.guard import training_state_guard
+from probattr_monitor.monitor.keys import scalar_keys
 from probattr_monitor.monitor.schedule import Schedule
 from probattr_monitor.probes import ProbeSet, load_probe_set, render
 from probattr_monitor.report import METRIC_NAMES, Report
-from probattr_monitor.engine.validation import context_limit
 from probattr_monitor.scoring import ProbeScore, ScoringConfig, build_report, score_probes
 
 logger = logging.getLogger(__name__)
@@ -130,14 +137,12 @@ class ProbAttrMonitor:
         return self.key(self.metric)
 
     def key(self, name: str) -> str:
+        """The logged key of scalar ``name`` (``f"{prefix}/{name}"``)."""
         return f"{self.prefix}/{name}"
 
     def scalar_keys(self) -> list[str]:
-        """Every scalar key a run logs (metrics, their intervals and counts)."""
-        keys = []
-        for name in METRIC_NAMES:
-            keys += [self.key(name), self.key(f"{name}_ci_low"), self.key(f"{name}_ci_high")]
-        return keys
+        """Every scalar key a run logs: metrics, their intervals and counts (:mod:`~probattr_monitor.monitor.keys`)."""
+        return scalar_keys(self.prefix)
 
     # ------------------------------------------------------------------ setup
     def setup(self, model: Any, tokenizer: Any = None) -> None:
@@ -157,12 +162,9 @@ class ProbAttrMonitor:
         if limit is None or self._checked_for == limit:
             return
         for probe in self.probe_set:
-            n = len(render(probe, self.tokenizer).ids) + self.scoring.max_new_tokens
-            if n > limit:
-                raise ValueError(
-                    f"probe {probe.id!r} of {self.probe_set.name!r} needs {n} tokens (prompt + "
-                    f"max_new_tokens={self.scoring.max_new_tokens}) but the model's context window is {limit}"
-                )
+            check_fits_context(model, len(render(probe, self.tokenizer).ids) + self.scoring.max_new_tokens,
+                               f"probe {probe.id!r} of {self.probe_set.name!r}",
+                               f"prompt + max_new_tokens={self.scoring.max_new_tokens}")
         self._checked_for = limit
 
     # ------------------------------------------------------------------ running
@@ -254,7 +256,7 @@ class ProbAttrMonitor:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`; warns if the probe set changed since it was saved."""
-        if state.get("fingerprint") not in (None, self.probe_set.fingerprint):
+        if state.get("fingerprint") not in (None, self.probe_set.fingerprint) and is_rank_zero():
             logger.warning(
                 "probattr: the checkpoint's history was scored with a different probe set "
                 "(fingerprint %s, now %s); new values are not comparable with it",

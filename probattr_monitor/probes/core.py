@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from probattr_monitor.io_utils import atomic_write_text
-from probattr_monitor.probes._tokenize import encode_text
+from probattr_monitor.tokenization import encode_text
 
 logger = logging.getLogger(__name__)
 

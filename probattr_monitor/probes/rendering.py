@@ -16,9 +16,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from probattr_monitor.probes._tokenize import as_id_list, encode_text
 from probattr_monitor.probes.core import Probe
-from probattr_monitor.tokenization import conditioning_token_id, prepend_bos_ids
+from probattr_monitor.tokenization import conditioning_token_id, encode_text, ids_from_encoding, prepend_bos_ids
 
 __all__ = ["BOS_POLICIES", "RenderedPrompt", "conditioning_token_id", "prepend_bos_ids", "render"]
 
@@ -135,7 +134,7 @@ def _render_chat(prompt: str, tokenizer: Any, label: str) -> tuple[list[int], li
         raise ValueError(f"cannot render {label} with the chat template: tokenizer "
                          f"{getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__} has no chat "
                          "template (render it as plain text with chat=False, or set tokenizer.chat_template)")
-    ids = as_id_list(_apply_template(tokenizer, prompt, tokenize=True), what="chat template ids")
+    ids = ids_from_encoding(_apply_template(tokenizer, prompt, tokenize=True), what="chat template ids")
     text = _apply_template(tokenizer, prompt, tokenize=False)
     if not isinstance(text, str):
         raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, expected str")
@@ -172,7 +171,7 @@ def _mask_from_offsets(tokenizer: Any, text: str, ids: list[int], start: int, en
     try:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         offsets = enc["offset_mapping"]
-        enc_ids = as_id_list(enc["input_ids"])
+        enc_ids = ids_from_encoding(enc["input_ids"])
     except (NotImplementedError, ValueError, TypeError, KeyError) as exc:
         logger.debug("offset mapping unavailable (%s); falling back to segment tokenization", exc)
         return None

@@ -12,7 +12,8 @@ Columns, in order:
 ``position``, ``token_id`` (int64), ``token_text`` (str, ``""`` when unknown),
 ``is_special``, ``excluded`` (bool: special or template token),
 ``attribution``, ``log_numerator``, ``log_denominator``, ``entropy_prompt``,
-``entropy_full``, ``kl`` (float64, nats), ``<score>_se`` (float64, only when a
+``entropy_full``, ``kl``, ``surprisal_prompt``, ``surprisal_full`` (float64,
+nats; the surprisals are NaN for results without them), ``<score>_se`` (float64, only when a
 result carries standard errors), ``as_class`` (str), ``noise`` (bool; always
 False for excluded tokens),
 ``top_prior``, ``top_posterior`` (str: JSON ``[[id, text, prob], ...]``, text
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Un
 
 import numpy as np
 
-from probattr_monitor.engine.result import SCORE_FIELDS
+from probattr_monitor.engine.result import EXPORT_FIELDS
 from probattr_monitor.io_utils import atomic_write, atomic_write_text
 from probattr_monitor.report._deps import require_pandas, require_pyarrow
 from probattr_monitor.report.noise import NoiseConfig, classify, noise_flags, resolve_noise_config
@@ -45,8 +46,8 @@ Step = Union[int, str, None]
 
 #: Columns before the score columns.
 ID_COLUMNS = ("probe_id", "step", "position", "token_id", "token_text", "is_special", "excluded")
-#: Per-position scores (nats), the engine's SCORE_FIELDS.
-SCORE_COLUMNS = tuple(SCORE_FIELDS)
+#: Per-position scores (nats), the engine's EXPORT_FIELDS.
+SCORE_COLUMNS = tuple(EXPORT_FIELDS)
 #: Columns after the scores (and their ``_se`` columns).
 TAIL_COLUMNS = ("as_class", "noise", "top_prior", "top_posterior", "num_candidates")
 

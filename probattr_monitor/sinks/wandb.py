@@ -1,6 +1,6 @@
 """Weights & Biases sink: per-token tables, per-probe summary, figures, run config.
 
-W&B pitfalls this sink is built around (DESIGN.md section 5):
+W&B pitfalls this sink is built around (docs/design.md section 5):
 
 * never ``wandb.log(..., step=...)``: an explicit step behind W&B's own counter
   silently drops data. Every call logs ``f"{prefix}/step"`` instead, declared
@@ -20,26 +20,48 @@ import copy
 import importlib
 import logging
 import math
+import sys
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+from probattr_monitor.distributed import is_rank_zero
 from probattr_monitor.report import Report
 from probattr_monitor.report.figures import DEFAULT_MAX_TOKEN_PLOTS, render_plots
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["WandbSink", "current_run", "is_wandb_run", "table_keys"]
 
-def _global_rank() -> int:
+
+def current_run(*, import_wandb: bool = True) -> Any:
+    """The active ``wandb.run`` (started by ``wandb.init``, Lightning's ``WandbLogger`` or HF's ``WandbCallback``).
+
+    Parameters
+    ----------
+    import_wandb : bool
+        ``False``: return ``None`` without importing wandb when nobody has
+        imported it yet (then no run can be active).
+
+    Returns
+    -------
+    wandb Run or None
+        ``None`` without an active run or without wandb installed.
+    """
+    if not import_wandb and "wandb" not in sys.modules:
+        return None
     try:
-        import torch.distributed as dist
+        wandb = importlib.import_module("wandb")
+    except ImportError:
+        return None
+    return getattr(wandb, "run", None)
 
-        if dist.is_available() and dist.is_initialized():
-            return int(dist.get_rank())
-    except Exception:  # pragma: no cover - torch always importable here
-        pass
-    return 0
+
+def is_wandb_run(obj: Any) -> bool:
+    """Whether ``obj`` looks like a W&B run object (has ``log`` and ``define_metric``)."""
+    return not isinstance(obj, (bool, str)) and callable(getattr(obj, "log", None)) and callable(
+        getattr(obj, "define_metric", None))
 
 
 def _check_prefix(prefix: str) -> str:
@@ -132,12 +154,7 @@ class WandbSink:
     def _resolve_run(self) -> Any:
         if self._run is not None:
             return self._run
-        try:
-            wandb = importlib.import_module("wandb")
-        except ImportError:
-            run = None
-        else:
-            run = getattr(wandb, "run", None)
+        run = current_run()
         if run is None and not self._said_no_run:
             logger.debug("probattr: no active W&B run; the W&B sink does nothing")
             self._said_no_run = True
@@ -167,7 +184,7 @@ class WandbSink:
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
         self._config = copy.deepcopy(config)
         self._set_up.clear()
-        if _global_rank() != 0:
+        if not is_rank_zero():
             return
         run = self._resolve_run()
         if run is not None:
@@ -210,7 +227,7 @@ class WandbSink:
     def log(self, report: Report, step: int) -> None:
         """Log one scoring in a single ``wandb.log`` call; never raises for a logging failure."""
         try:
-            if _global_rank() != 0:
+            if not is_rank_zero():
                 return
             run = self._resolve_run()
             if run is None:

@@ -1,0 +1,154 @@
+"""The passes shared by exact and budgeted scoring.
+
+One full pass over ``prompt + response`` gives ``log P(y | x)`` and every
+prior ``log p(v | x_<k)``; one teacher-forced pass over ``v, x_>k, y`` per
+candidate gives ``a_k(v)`` and ``b_k(v)`` (docs/design.md section 2). The
+per-position statistics are stacked into an :class:`AttributionResult`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from probattr_monitor.engine.result import AttributionResult
+from probattr_monitor.engine.runner import FullPass, ModelRunner
+from probattr_monitor.engine.stats import PositionStats
+from probattr_monitor.engine.validation import check_in_vocab
+
+
+def full_pass(runner: ModelRunner, prompt: list[int], response: list[int]) -> FullPass:
+    """The one forward pass over ``prompt + response``, with its errors named.
+
+    Raises
+    ------
+    ValueError
+        A token id outside the model's vocabulary, or non-finite logits.
+    TypeError
+        The model cannot be run as a causal LM on ``input_ids``.
+    """
+    try:
+        full = runner.full_pass(prompt + response)
+    except IndexError as err:
+        raise ValueError(f"a token id is outside the model's vocabulary: {err}") from err
+    except (TypeError, ValueError):
+        raise
+    except RuntimeError as err:
+        raise TypeError(
+            f"model could not be run as a causal LM on input_ids of shape [1, {len(prompt) + len(response)}]: {err}"
+        ) from err
+    check_in_vocab(prompt, full.vocab_size, "prompt_ids")
+    check_in_vocab(response, full.vocab_size, "response_ids")
+    return full
+
+
+def response_log_prob(full: FullPass, prompt_len: int, response: list[int]) -> float:
+    """``log P(y | x)`` from the full pass (row ``t`` predicts token ``t + 1``)."""
+    rows = torch.arange(prompt_len - 1, prompt_len - 1 + len(response))
+    return float(full.log_probs[rows, torch.tensor(response)].sum())
+
+
+def token_log_joints(full: FullPass, prompt: list[int], positions: np.ndarray) -> np.ndarray:
+    """``a_k(x_k) = sum_{k <= i < n} log p(x_i | x_<i)`` at each position: the prompt's own token's score."""
+    n = len(prompt)
+    rows = torch.arange(0, n - 1)
+    token_lp = full.log_probs[rows, torch.tensor(prompt[1:])].numpy()  # token_lp[i - 1] = log p(x_i | x_<i)
+    suffix = np.cumsum(token_lp[::-1])[::-1]  # suffix[k - 1] = sum over i >= k
+    return np.array([suffix[int(k) - 1] for k in positions], dtype=np.float64)
+
+
+def with_original(cand: np.ndarray, original: int) -> np.ndarray:
+    """The sorted candidate ids ``cand`` with the original token ``original`` added if missing."""
+    if np.any(cand == original):
+        return cand
+    return np.sort(np.append(cand, np.int64(original)))
+
+
+def candidate_scores(
+    runner: ModelRunner,
+    full: FullPass,
+    prompt: list[int],
+    response: list[int],
+    k: int,
+    ids: np.ndarray,
+    batch_size: Optional[int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``a_k(v)`` and ``b_k(v)`` for every candidate ``v`` in ``ids`` (float64).
+
+    Raises
+    ------
+    ValueError
+        If any score is non-finite.
+    """
+    n = len(prompt)
+    rest = prompt[k + 1 :] + response
+    n_prompt_rest = n - k - 1
+    prior = full.log_probs[k - 1].numpy()
+    bs = batch_size or runner.default_batch_size(k, len(rest) + 1, full.vocab_size)
+    a = np.empty(len(ids), dtype=np.float64)
+    b = np.empty(len(ids), dtype=np.float64)
+    for start in range(0, len(ids), bs):
+        chunk = torch.from_numpy(ids[start : start + bs])
+        lp = runner.suffix_log_probs(full, prompt[:k], chunk, rest).numpy()
+        prompt_part = lp[:, :n_prompt_rest].sum(axis=1)
+        response_part = lp[:, n_prompt_rest:].sum(axis=1)
+        a_chunk = prior[ids[start : start + bs]] + prompt_part
+        a[start : start + bs] = a_chunk
+        b[start : start + bs] = a_chunk + response_part
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError(f"non-finite (NaN or inf) candidate scores at position {k}")
+    return a, b
+
+
+def assemble_result(
+    prompt: list[int],
+    response: list[int],
+    pos: np.ndarray,
+    stats: Sequence[PositionStats],
+    log_p_response: float,
+    num_candidates: int,
+    info: dict,
+    stderr: Optional[dict] = None,
+    token_log_joint: Optional[np.ndarray] = None,
+) -> AttributionResult:
+    """Stack per-position statistics into an :class:`AttributionResult`.
+
+    ``token_log_joint`` (:func:`token_log_joints`) is exact, so the surprisals'
+    standard errors are those of ``log_denominator`` and ``log_numerator``.
+    """
+    stderr = dict(stderr or {})
+    if token_log_joint is not None:
+        for name, source in (("surprisal_prompt", "log_denominator"), ("surprisal_full", "log_numerator")):
+            if source in stderr:
+                stderr[name] = stderr[source]
+
+    def col(name: str) -> np.ndarray:
+        return np.array([getattr(s, name) for s in stats], dtype=np.float64)
+
+    def top(name: str, dtype) -> np.ndarray:
+        width = min(len(getattr(s, name)) for s in stats) if stats else 0
+        return np.array([getattr(s, name)[:width] for s in stats], dtype=dtype).reshape(len(stats), width)
+
+    return AttributionResult(
+        positions=pos.astype(np.int64),
+        token_ids=np.array([prompt[k] for k in pos], dtype=np.int64),
+        attribution=col("attribution"),
+        log_numerator=col("log_numerator"),
+        log_denominator=col("log_denominator"),
+        entropy_prompt=col("entropy_prompt"),
+        entropy_full=col("entropy_full"),
+        kl=col("kl"),
+        log_p_response=float(log_p_response),
+        top_prior_ids=top("top_prior_ids", np.int64),
+        top_prior_probs=top("top_prior_probs", np.float64),
+        top_posterior_ids=top("top_posterior_ids", np.int64),
+        top_posterior_probs=top("top_posterior_probs", np.float64),
+        prompt_ids=tuple(prompt),
+        response_ids=tuple(response),
+        num_candidates=int(num_candidates),
+        token_log_joint=token_log_joint,
+        stderr=stderr,
+        info=info,
+    )
