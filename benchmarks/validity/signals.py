@@ -70,9 +70,30 @@ def product_signals() -> list[Signal]:
     return out
 
 
+def _col(name):
+    return lambda t: t[name].to_numpy(float)
+
+
+def derived_signals() -> list[Signal]:
+    """Threshold-free signals from the prompt token's own surprisal (docs/design.md section 2)."""
+    return [
+        _ratio_signal("mean_surprisal_prompt", _col("surprisal_prompt"),
+                      "mean -log p_k(x_k): the probe token's surprisal given the rest of the prompt"),
+        _ratio_signal("mean_surprisal_full", _col("surprisal_full"),
+                      "mean -log p'_k(x_k): the same given the response too"),
+        _ratio_signal("calibration_gap_prompt", lambda t: t["surprisal_prompt"].to_numpy(float)
+                      - t["entropy_prompt"].to_numpy(float), "mean surprisal minus entropy of p_k"),
+        _ratio_signal("calibration_gap_full", lambda t: t["surprisal_full"].to_numpy(float)
+                      - t["entropy_full"].to_numpy(float), "mean surprisal minus entropy of p'_k"),
+        _ratio_signal("surprising_near_zero_rate@1", lambda t: (
+            (np.abs(t["attribution"].to_numpy(float)) <= 0.2) & (t["surprisal_full"].to_numpy(float) >= 1.0)
+        ).astype(float), "share of tokens with |AS| <= 0.2 whose own surprisal given everything is >= 1 nat"),
+    ]
+
+
 def all_signals() -> list[Signal]:
     """Every candidate signal the study measures."""
-    return product_signals()
+    return product_signals() + derived_signals()
 
 
 #: Signals for which a higher value is better (every other one: lower is better).
