@@ -310,7 +310,7 @@ def hmm_levels(seed: int = 0) -> list[Language]:
     return [
         random_hmm("hmm-low", emission_concentration=0.01, transition_concentration=0.05, seed=seed),
         random_hmm("hmm-mid", emission_concentration=0.05, transition_concentration=0.1, seed=seed),
-        random_hmm("hmm-high", emission_concentration=1.0, transition_concentration=1.0, seed=seed),
+        random_hmm("hmm-high", emission_concentration=0.3, transition_concentration=0.02, seed=seed),
     ]
 
 

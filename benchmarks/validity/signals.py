@@ -91,9 +91,33 @@ def derived_signals() -> list[Signal]:
     ]
 
 
+def _probe_nll_per_probe(table):
+    """Mean causal NLL of the probe tokens, -log p(x_k | x_<k), recovered from the table.
+
+    ``a_k(x_k) = log_denominator - surprisal_prompt`` is the log-probability of
+    ``x_k..x_{n-1}`` given ``x_<k``, so consecutive positions give each token's
+    own causal log-probability. This is the plain held-out loss of the probes: the
+    baseline that needs one forward per probe and no attribution at all.
+    """
+    t = _eligible(table)
+    ids = sorted(set(t["probe_id"].astype(str)))
+    full = table.sort_values(["probe_id", "position"])
+    num, den = [], []
+    for pid in ids:
+        rows = full[full["probe_id"].astype(str) == pid]
+        a = (rows["log_denominator"] - rows["surprisal_prompt"]).to_numpy(float)
+        lp = a - np.append(a[1:], 0.0)
+        keep = ~rows["excluded"].to_numpy(bool) & np.isfinite(lp)
+        num.append(float(-lp[keep].sum()))
+        den.append(float(keep.sum()))
+    return ids, np.array(num), np.array(den)
+
+
 def all_signals() -> list[Signal]:
     """Every candidate signal the study measures."""
-    return product_signals() + derived_signals()
+    baseline = Signal("probe_nll", _probe_nll_per_probe,
+                      "mean causal NLL of the probe tokens (held-out loss on the probes; no attribution)")
+    return product_signals() + derived_signals() + [baseline]
 
 
 #: Signals for which a higher value is better (every other one: lower is better).

@@ -102,14 +102,41 @@ def measure_run(run: RunData, signals) -> dict[str, Any]:
     return out
 
 
+def truth_floor(out: Path, language, seed: int, spec: dict, signals) -> dict[str, float]:
+    """Every signal on the *true* model of ``language``, with the run's probes (its floor), cached as a report."""
+    from benchmarks.validity.truth import TrueLM, word_tokenizer
+    from probattr_monitor.scoring import ScoringConfig, score_probe_set
+
+    path = out / "truth" / f"{language.name}.s{seed}"
+    try:
+        report = Report.load(path)
+    except (FileNotFoundError, ValueError):
+        probes = probe_set_for(language, spec["num_probes"], spec["prompt_tokens"], seed)
+        report = score_probe_set(TrueLM(language), word_tokenizer(language), probes, ScoringConfig(), step="truth")
+        report.save(path, formats=("json",))
+    values = {}
+    for s in signals:
+        _, n, d = s.per_probe(report.table)
+        values[s.name] = float(n.sum() / d.sum()) if d.sum() > 0 else float("nan")
+    return values
+
+
 def analyse(out: Path, langs) -> dict[str, Any]:
     signals = all_signals()
     runs = []
+    floors: dict[str, dict] = {}
     for run_dir in sorted(p for p in out.iterdir() if (p / "record.json").exists()) if out.exists() else []:
         data = load_run(run_dir, signals)
-        if data is not None and len(data.steps) >= 3:
-            runs.append(measure_run(data, signals))
-    summary: dict[str, Any] = {"runs": runs, "signals": [s.name for s in signals], "aggregate": {}}
+        if data is None or len(data.steps) < 3:
+            continue
+        measured = measure_run(data, signals)
+        key = f"{data.language}.s{data.seed}"
+        if langs is not None and key not in floors:
+            floors[key] = truth_floor(out, langs[data.language], data.seed, load_record(run_dir).spec, signals)
+        measured["truth"] = floors.get(key, {})
+        runs.append(measured)
+    summary: dict[str, Any] = {"runs": runs, "signals": [s.name for s in signals], "aggregate": {},
+                               "truth": floors}
     for s in [sig.name for sig in signals] + ["val_loss"]:
         agg = {}
         for regime in sorted({r["regime"] for r in runs}):
@@ -130,6 +157,48 @@ def write_summary(summary: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, allow_nan=True))
     atomic_write_text(out / "summary.md", render_markdown(summary))
+    try:
+        plot_runs(summary, out / "figures")
+    except ImportError as err:  # matplotlib is the plots extra
+        logger.warning("no figures: %s", err)
+
+
+#: Signals drawn in the per-run figures.
+PLOTTED = ("noise_rate", "mean_entropy_full", "mean_surprisal_prompt", "mean_surprisal_full")
+
+
+def plot_runs(summary: dict[str, Any], directory: Path) -> list[Path]:
+    """One figure per regime: true excess loss and each plotted signal against step, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for regime in sorted({r["regime"] for r in summary["runs"]}):
+        runs = [r for r in summary["runs"] if r["regime"] == regime]
+        names = ["excess"] + [s for s in PLOTTED if s in summary["signals"]]
+        fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.0))
+        for ax, name in zip(axes, names):
+            for r in runs:
+                ys = r["excess"] if name == "excess" else r["signals"][name]["values"]
+                ax.plot(r["steps"], ys, marker=".", lw=1, label=r["name"])
+                floor = r.get("truth", {}).get(name)
+                if floor is not None and np.isfinite(floor):
+                    ax.axhline(floor, lw=0.6, ls=":", color=ax.lines[-1].get_color())
+            ax.set_xscale("symlog", linthresh=50)
+            ax.set_title("true excess loss" if name == "excess" else name, fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[0].legend(fontsize=5)
+        fig.suptitle(f"{regime} runs (dotted: the true model)", fontsize=10)
+        fig.tight_layout()
+        path = directory / f"{regime}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
 
 
 def _f(x, nd=2) -> str:

@@ -22,6 +22,9 @@ METRIC_NAMES = (
     "mean_entropy_full",
     "mean_kl",
     "mean_entropy_full_near_zero",
+    "mean_surprisal_prefix",
+    "mean_surprisal_prompt",
+    "mean_surprisal_full",
 )
 
 #: Direction of each metric, declared beside its definition (as torchmetrics'
@@ -38,6 +41,9 @@ HIGHER_IS_BETTER: dict[str, Optional[bool]] = {
     "mean_entropy_full": None,
     "mean_kl": None,
     "mean_entropy_full_near_zero": None,
+    "mean_surprisal_prefix": False,
+    "mean_surprisal_prompt": False,
+    "mean_surprisal_full": False,
 }
 
 #: ``metric -> (numerator field, denominator field)`` of :class:`ProbeMetrics`.
@@ -52,6 +58,9 @@ RATIO_FIELDS: dict[str, tuple[str, str]] = {
     "mean_entropy_full": ("sum_entropy_full", "n_entropy_full"),
     "mean_kl": ("sum_kl", "n_kl"),
     "mean_entropy_full_near_zero": ("sum_entropy_full_near_zero", "n_entropy_full_near_zero"),
+    "mean_surprisal_prefix": ("sum_surprisal_prefix", "n_surprisal_prefix"),
+    "mean_surprisal_prompt": ("sum_surprisal_prompt", "n_surprisal_prompt"),
+    "mean_surprisal_full": ("sum_surprisal_full", "n_surprisal_full"),
 }
 
 # Why a metric is undefined when its pooled denominator is zero.
@@ -61,6 +70,9 @@ _EMPTY_REASON = {
     "n_entropy_full": "no eligible token has a finite H'",
     "n_kl": "no eligible token has a finite KL",
     "n_entropy_full_near_zero": "no near-zero token with a finite H'",
+    "n_surprisal_prefix": "no eligible token has a finite prefix surprisal (a table without surprisals?)",
+    "n_surprisal_prompt": "no eligible token has a finite surprisal (a table without surprisals?)",
+    "n_surprisal_full": "no eligible token has a finite surprisal (a table without surprisals?)",
 }
 
 
