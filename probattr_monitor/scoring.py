@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -14,8 +16,21 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import torch
 
 from probattr_monitor.engine import AttributionResult, Budget, attribute
+from probattr_monitor.engine.memory import (
+    CANDIDATE_BATCH,
+    FULL_PASS,
+    GENERATION,
+    OomSite,
+    is_out_of_memory,
+    oom_site,
+)
 from probattr_monitor.engine.text import DECODINGS, make_response, with_token_texts
-from probattr_monitor.engine.validation import check_fits_context
+from probattr_monitor.engine.validation import (
+    check_batch_size,
+    check_fits_context,
+    check_memory_budget_mb,
+    check_positive_int,
+)
 from probattr_monitor.probes import Probe, ProbeSet, render
 from probattr_monitor.report import NoiseConfig, Report
 from probattr_monitor.tokenization import encode_text
@@ -45,7 +60,9 @@ class ScoringConfig:
         The paper's top-p response: the most frequent of ``num_samples``
         nucleus samples (seeded; the global RNG is not touched).
     batch_size, memory_budget_mb
-        Engine settings.
+        Engine settings: candidates per forward (``None``: chosen from the
+        memory budget), and the bound on the engine's transient tensors in MiB
+        (a positive, finite number).
     noise : NoiseConfig
         AS-class boundaries and the noise-token rule.
     n_boot, ci
@@ -67,12 +84,12 @@ class ScoringConfig:
     def __post_init__(self) -> None:
         if self.decoding not in DECODINGS:
             raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        check_positive_int(self.max_new_tokens, "max_new_tokens")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
+        check_positive_int(self.num_samples, "num_samples")
+        check_batch_size(self.batch_size)
+        check_memory_budget_mb(self.memory_budget_mb)
         if self.n_boot < 0:
             raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
         if isinstance(self.candidates, str) and self.candidates != "all":
@@ -140,31 +157,57 @@ def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig)
     return ProbeScore(probe.id, res, tuple(rendered.template_mask), None, time.perf_counter() - started)
 
 
-#: How many times a probe that ran out of memory is retried with smaller batches.
-OOM_RETRIES = 3
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is an out-of-memory error of torch (CUDA, MPS or CPU allocator)."""
-    oom_type = getattr(torch, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(err, oom_type):
-        return True
-    return isinstance(err, (RuntimeError, MemoryError)) and "out of memory" in str(err).lower()
-
-
 def _score_with_oom_retry(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig) -> ProbeScore:
-    for attempt in range(OOM_RETRIES + 1):
+    """:func:`score_probe`, retried at half the batch that ran out of memory, down to 1.
+
+    Only a candidate batch can be made smaller; out of memory in the full pass
+    (one row) or in generation, or in a batch of one row, gives up at once.
+
+    Raises
+    ------
+    torch.OutOfMemoryError
+        ``"probe 'p' ran out of memory in <where> ... the smallest batch tried was N"``,
+        chained to the last out-of-memory error.
+    """
+    tried: list[int] = []
+    while True:
         try:
             return score_probe(model, tokenizer, probe, config)
         except (RuntimeError, MemoryError) as err:
-            if not is_out_of_memory(err) or attempt == OOM_RETRIES:
+            if not is_out_of_memory(err):
                 raise
-            smaller = max(1, (config.batch_size or 64) // 2)
-            logger.warning("probattr: probe %r ran out of memory; retrying with batch_size=%d", probe.id, smaller)
+            site = oom_site(err)
+            if site is not None and site.stage == CANDIDATE_BATCH:
+                tried.append(site.rows)
+            if site is None or site.stage != CANDIDATE_BATCH or site.rows <= 1:
+                raise _out_of_memory(probe.id, site, tried, err) from err
+            smaller = site.rows // 2
+            logger.warning("probattr: probe %r ran out of memory in %s; retrying with batch_size=%d",
+                           probe.id, site.describe(), smaller)
             config = dataclasses.replace(config, batch_size=smaller, memory_budget_mb=config.memory_budget_mb / 2)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-    raise AssertionError("unreachable")
+        _release_cached_memory()  # outside the handler: the traceback's tensors are gone by now
+
+
+def _out_of_memory(probe_id: str, site: Optional[OomSite], tried: list[int], err: BaseException) -> BaseException:
+    """The error a probe that ran out of memory for good fails with, naming where and the smallest batch tried."""
+    where = site.describe() if site is not None else "scoring"
+    if tried:
+        batches = " -> ".join(str(b) for b in tried)
+        detail = f"candidate batch sizes tried: {batches}; the smallest batch tried was {tried[-1]}"
+    elif site is not None and site.stage == FULL_PASS:
+        detail = "the full pass is a single row, so there is no smaller batch to try (the smallest batch tried was 1)"
+    elif site is not None and site.stage == GENERATION:
+        detail = "generation is not retried with smaller batches; lower num_samples or max_new_tokens"
+    else:
+        detail = "not retried: it did not come from a candidate batch"
+    message = f"probe {probe_id!r} ran out of memory in {where}: {detail} ({type(err).__name__}: {err})"
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    return oom_type(message) if oom_type is not None else MemoryError(message)
+
+
+def _release_cached_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def score_probes(
@@ -179,8 +222,11 @@ def score_probes(
 ) -> list[ProbeScore]:
     """Score each probe in turn.
 
-    A probe that runs out of memory is retried with half the batch size and
-    memory budget (up to :data:`OOM_RETRIES` times) before it counts as failed.
+    A probe that runs out of memory in a candidate batch is retried with half
+    the batch that ran out (and half the memory budget), down to a batch of 1,
+    before it fails with a ``torch.OutOfMemoryError`` naming where it ran out
+    and the smallest batch tried. Out of memory in the full pass or in
+    generation, which no smaller batch helps, fails at once.
 
     Parameters
     ----------
@@ -191,11 +237,20 @@ def score_probes(
     progress : callable, optional
         Called as ``progress(index, probe_id)`` after each probe.
     deadline : float, optional
-        A ``time.monotonic()`` value; probes not started by then are recorded
-        as skipped.
+        A finite ``time.monotonic()`` value; probes not started by then are
+        recorded as skipped.
+
+    Raises
+    ------
+    ValueError
+        A bad ``on_error``, or a ``deadline`` that is not a finite number
+        (NaN would never expire).
     """
     if on_error not in ("raise", "record"):
         raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, numbers.Real)
+                                 or not math.isfinite(deadline)):
+        raise ValueError(f"deadline must be a finite time.monotonic() value or None, got {deadline!r}")
     out = []
     for i, probe in enumerate(probes):
         if deadline is not None and time.monotonic() > deadline:

@@ -2,7 +2,7 @@
 
 Two "checkpoints" (same tokenizer, different random weights) are scored, then
 compared and selected; a Lightning-style ``.ckpt`` is scored with ``--config``;
-the expected errors exit with status 2 and a one-line message, no traceback.
+the expected errors exit with their own status (2 usage, 3 input) and a one-line message, no traceback.
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def test_checkpoint_without_config_is_an_error(files, capsys, tmp_path):
     ckpt = tmp_path / "alone.ckpt"
     ckpt.write_bytes((files / "lightning" / "step-7.ckpt").read_bytes())
     code, _, err = _run(capsys, "score", "--model", ckpt, "--probes", "paper", "--out", tmp_path / "o")
-    assert code == 2
+    assert code == 3
     assert f"checkpoint {ckpt} has no model config: pass --config" in err
     assert "Traceback" not in err
 
@@ -249,7 +249,7 @@ def test_checkpoint_with_foreign_keys_is_an_error(files, capsys, tmp_path):
     torch.save({"state_dict": {"encoder.layer.weight": torch.zeros(2, 2)}}, ckpt)
     code, _, err = _run(capsys, "score", "--model", ckpt, "--config", files / "ckpt-1", "--probes", "paper",
                         "--out", tmp_path / "o")
-    assert code == 2 and "do not match the model built from the config" in err
+    assert code == 3 and "do not match the model built from the config" in err
 
 
 def test_checkpoint_with_python_objects_is_refused(files, capsys, tmp_path):
@@ -257,7 +257,7 @@ def test_checkpoint_with_python_objects_is_refused(files, capsys, tmp_path):
     torch.save({"state_dict": {}, "hyper_parameters": Path("x")}, ckpt)
     code, _, err = _run(capsys, "score", "--model", ckpt, "--config", files / "ckpt-1", "--probes", "paper",
                         "--out", tmp_path / "o")
-    assert code == 2 and "weights_only=True" in err
+    assert code == 3 and "weights_only=True" in err
 
 
 def test_detect_prefix():
@@ -272,7 +272,7 @@ def test_detect_prefix():
 
 def test_missing_model_is_an_error(capsys, tmp_path):
     code, _, err = _run(capsys, "score", "--model", tmp_path / "nope", "--probes", "paper", "--out", tmp_path / "o")
-    assert code == 2
+    assert code == 3
     assert "probattr: error: model not found:" in err and "Traceback" not in err
 
 
@@ -285,7 +285,7 @@ def test_model_dir_without_tokenizer_needs_tokenizer_option(files, capsys, tmp_p
             "--candidates", "5,9", "--max-new-tokens", "2", "--n-boot", "20", "--no-plots", "--formats", "json",
             "--out", tmp_path / "o"]
     code, _, err = _run(capsys, *args)
-    assert code == 2 and "has no tokenizer files: pass --tokenizer" in err
+    assert code == 3 and "has no tokenizer files: pass --tokenizer" in err
     code, _, err = _run(capsys, *args, "--tokenizer", files / "ckpt-1")
     assert code == 0, err
     assert Report.load(tmp_path / "o").meta["model"]["tokenizer"] == str(files / "ckpt-1")
@@ -295,16 +295,16 @@ def test_bad_probe_file_names_file_and_line(files, capsys, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "prompt": "fine"}\n{"id": "b", "promt": "typo"}\n', encoding="utf-8")
     code, _, err = _run(capsys, "score", "--model", files / "ckpt-1", "--probes", bad, "--out", tmp_path / "o")
-    assert code == 2
+    assert code == 3
     assert f"{bad}:2:" in err and "promt" in err
     assert not (tmp_path / "o").exists()
 
 
 def test_compare_and_select_need_report_dirs(capsys, tmp_path):
     code, _, err = _run(capsys, "compare", tmp_path / "missing")
-    assert code == 2 and "not a directory" in err
+    assert code == 3 and "not a directory" in err
     code, _, err = _run(capsys, "select", tmp_path, "--max", "0.1")
-    assert code == 2 and "cannot read the report" in err
+    assert code == 3 and "cannot read the report" in err
 
 
 # --------------------------------------------------------------------------- --candidates
@@ -334,3 +334,42 @@ def test_count_and_budget_candidates_resolve_to_budgets():
     budget, meta = parse_candidates("5").resolve(101, seed=4)
     assert budget == Budget(max_candidates=5, seed=4) and meta["max_candidates"] == 5
     assert ScoringConfig().candidates == Budget()
+
+# --------------------------------------------------------------------------- exit statuses
+
+
+def test_every_help_documents_the_exit_statuses(capsys):
+    for argv in (["--help"], ["score", "--help"], ["compare", "--help"], ["select", "--help"], ["probes", "--help"]):
+        code, out, _ = _run(capsys, *argv)
+        assert code == 0
+        assert "exit status:" in out, argv
+        for line in ("1  select: no checkpoint passes the gate", "2  usage error", "3  input/output error",
+                     "4  score: no probe could be scored", "5  internal error"):
+            assert line in out, (argv, line)
+
+
+def test_unexpected_exception_exits_5_with_its_traceback(capsys, monkeypatch):
+    """A bug is not exit status 1, which `select` uses for "no checkpoint passes"."""
+    from probattr_monitor.cli import probes_cmd
+
+    def broken(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(probes_cmd, "run", broken)
+    code, _, err = _run(capsys, "probes")
+    assert code == 5
+    assert "Traceback" in err and "probattr: internal error: ZeroDivisionError: a bug" in err
+
+
+def test_closed_stdout_exits_141_without_a_traceback():
+    """`probattr probes | head -0`: stdout closed before the output is written (128 + SIGPIPE, not 1)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "probattr_monitor.cli", "probes"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -125,19 +125,45 @@ def test_default_load_prefers_parquet_then_json_then_csv(tmp_path, monkeypatch):
     assert calls == ["json"]
 
 
+def _as_legacy_manifest(directory, formats):
+    """Rewrite metrics.json as the first release wrote it: no checksums, the given formats listed."""
+    manifest = json.loads((directory / METRICS_FILE).read_text(encoding="utf-8"))
+    manifest.pop("files"), manifest.pop("save_id")
+    manifest["formats"] = list(formats)
+    (directory / METRICS_FILE).write_text(json.dumps(manifest), encoding="utf-8")
+
+
 def test_save_then_load_mixed_saves_is_detected(tmp_path):
     big = tricky_report()
     big.save(tmp_path, formats=("csv",))
+    big_csv = (tmp_path / "tokens.csv").read_bytes()
     small = Report.from_results([("p", make_result([0.0, 1.0]))], cfg=NATS)
     small.save(tmp_path, formats=("json",))  # metrics.json now describes the small report
+    # (issue 12: the other save's tokens.csv is removed, no longer left to be detected as a mix)
+    assert not (tmp_path / "tokens.csv").exists()
+    with pytest.raises(FileNotFoundError, match="no csv table"):
+        Report.load(tmp_path, fmt="csv")
+    (tmp_path / "tokens.csv").write_bytes(big_csv)  # a mix made by hand: the checksum catches it
+    manifest = json.loads((tmp_path / METRICS_FILE).read_text(encoding="utf-8"))
+    manifest["formats"].append("csv")
+    manifest["files"]["tokens.csv"] = {"sha256": "0" * 64, "bytes": len(big_csv)}
+    (tmp_path / METRICS_FILE).write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ValueError, match="tokens.csv does not match"):
+        Report.load(tmp_path, fmt="csv")
+    _as_legacy_manifest(tmp_path, ["json", "csv"])  # no checksums: the row counts still catch it
     with pytest.raises(ValueError, match="different saves"):
         Report.load(tmp_path, fmt="csv")
 
 
 def test_same_row_count_but_other_probes_is_detected(tmp_path):
     Report.from_results([("p", make_result([0.0, 1.0]))], cfg=NATS).save(tmp_path, formats=("csv",))
+    p_csv = (tmp_path / "tokens.csv").read_bytes()
     Report.from_results([("q", make_result([0.0, 1.0]))], cfg=NATS).save(tmp_path, formats=("json",))
     assert Report.load(tmp_path, fmt="json").table["probe_id"].tolist() == ["q", "q"]
+    with pytest.raises(FileNotFoundError, match="no csv table"):  # issue 12: the stale table is gone
+        Report.load(tmp_path, fmt="csv")
+    (tmp_path / "tokens.csv").write_bytes(p_csv)
+    _as_legacy_manifest(tmp_path, ["json", "csv"])
     with pytest.raises(ValueError, match="different saves"):
         Report.load(tmp_path, fmt="csv")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probattr_monitor.cli.errors import CLIError
+from probattr_monitor.cli.errors import EXIT_USAGE, CLIError
 
 HELP = (
     "candidate tokens per position: 'budget' (the default: the budgeted estimator with its default "
@@ -81,7 +81,8 @@ def parse_candidates(value: str) -> CandidateSpec:
     Raises
     ------
     CLIError
-        Empty value, a non-integer id, N < 1, or an unreadable ``@FILE``.
+        Empty value, a non-integer id or N < 1 (exit status 2), or an
+        unreadable or invalid ``@FILE`` (exit status 3).
     """
     text = value.strip()
     if text.lower() in ("all", "budget"):
@@ -91,25 +92,26 @@ def parse_candidates(value: str) -> CandidateSpec:
     if _INT.fullmatch(text):
         n = int(text)
         if n < 1:
-            raise CLIError(f"--candidates: a count must be at least 1, got {n}")
+            raise CLIError(f"--candidates: a count must be at least 1, got {n}", code=EXIT_USAGE)
         return CandidateSpec("count", count=n)
     parts = [p.strip() for p in text.split(",")]
     if not text or not any(parts):
-        raise CLIError("--candidates: give 'budget', 'all', a count N, a comma-separated list of ids or @FILE")
+        raise CLIError("--candidates: give 'budget', 'all', a count N, a comma-separated list of ids or @FILE",
+                       code=EXIT_USAGE)
     ids = []
     for part in parts:
         if not part:
             continue
         if not _INT.fullmatch(part):
             raise CLIError(f"--candidates: {part!r} is not a token id (give 'budget', 'all', a count N, "
-                           "a comma-separated list of ids or @FILE)")
+                           "a comma-separated list of ids or @FILE)", code=EXIT_USAGE)
         ids.append(int(part))
     return CandidateSpec("ids", ids=tuple(ids), source="list")
 
 
 def _read_id_file(name: str) -> list[int]:
     if not name:
-        raise CLIError("--candidates: '@' must be followed by a file name")
+        raise CLIError("--candidates: '@' must be followed by a file name", code=EXIT_USAGE)
     path = Path(name)
     try:
         text = path.read_text(encoding="utf-8")

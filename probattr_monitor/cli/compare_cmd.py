@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from probattr_monitor.cli.errors import CLIError
+from probattr_monitor.cli.errors import EXIT_STATUS_HELP, EXIT_USAGE, CLIError
 from probattr_monitor.cli.reports import ScoredCheckpoint, dumps, fmt_value, load_scored, table, unique_labels
 from probattr_monitor.report.definitions import METRIC_NAMES
 
@@ -29,7 +29,8 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser("compare", parents=parents, help="compare the metrics of scored checkpoints",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog="example:\n  probattr compare runs/step-1000 runs/step-2000 --plot noise.png")
+                              epilog="example:\n  probattr compare runs/step-1000 runs/step-2000 --plot noise.png\n\n"
+                                     + EXIT_STATUS_HELP)
     p.add_argument("dirs", nargs="+", metavar="DIR", help="report directories, in order (oldest first)")
     p.add_argument("--plot", metavar="PATH", help="also plot the metrics across the checkpoints (PNG)")
     p.add_argument("--plot-metrics", default="noise_rate", metavar="LIST",
@@ -115,7 +116,8 @@ def _plot(items: list, path: str, metrics: str) -> Any:
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     bad = [m for m in names if m not in METRIC_NAMES]
     if not names or bad:
-        raise CLIError(f"--plot-metrics: unknown metric(s) {bad or metrics!r}; known: {', '.join(METRIC_NAMES)}")
+        raise CLIError(f"--plot-metrics: unknown metric(s) {bad or metrics!r}; known: {', '.join(METRIC_NAMES)}",
+                       code=EXIT_USAGE)
     try:
         from probattr_monitor.report.plots import plot_metrics_over_checkpoints
 

@@ -6,10 +6,18 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from typing import NoReturn, Optional, Sequence
 
 from probattr_monitor.cli import compare_cmd, probes_cmd, score_cmd, select_cmd
-from probattr_monitor.cli.errors import EXIT_USAGE, CLIError
+from probattr_monitor.cli.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_STATUS_HELP,
+    EXIT_USAGE,
+    CLIError,
+)
 
 DESCRIPTION = """\
 Convergence monitoring for causal language models from probabilistic
@@ -27,9 +35,7 @@ typical use:
   probattr compare runs/1000 runs/2000
   probattr select runs/1000 runs/2000 --metric noise_rate --max 0.1
 
-exit status: 0 success, 1 nothing passed the gate (select) or nothing could be
-scored (score), 2 usage or input error.
-"""
+""" + EXIT_STATUS_HELP
 
 _LOGGER = "probattr_monitor"
 
@@ -161,9 +167,13 @@ def _silence_stdout() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``probattr`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
 
-    Expected failures (missing model, unreadable probe file, checkpoint without
-    config...) print ``probattr: error: <message>`` to stderr and return 2;
-    ``select`` returns 1 when no checkpoint passes its gate.
+    Expected failures print ``probattr: error: <message>`` (naming the option
+    or file and the cause) to stderr, without a traceback, and return their own
+    status (:mod:`probattr_monitor.cli.errors`): 2 for a usage error, 3 for an
+    input or output error (missing, unreadable or inconsistent file, unwritable
+    output), 4 when ``score`` could score no probe. ``select`` returns 1 when no
+    checkpoint passes its gate. An unexpected exception prints its traceback
+    and returns 5, so that 1 never means a crash.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -181,10 +191,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         print("probattr: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `probattr compare ... --json | head`
         _silence_stdout()
-        return 1
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:  # a bug: keep its traceback, but not exit status 1 ("none passes")
+        traceback.print_exc(file=sys.stderr)
+        print(f"probattr: internal error: {type(exc).__name__}: {exc} (this is a bug in probattr-monitor "
+              f"or a library it uses; the traceback is above)", file=sys.stderr)
+        return EXIT_INTERNAL
     finally:
         _restore_logging(state)
 

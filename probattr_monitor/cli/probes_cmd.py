@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from probattr_monitor.cli.errors import CLIError
+from probattr_monitor.cli.errors import EXIT_STATUS_HELP, CLIError
 
 
 def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     """Register ``probes``."""
     p = subparsers.add_parser(
         "probes", parents=parents, help="list the built-in probe sets, or validate a probe file",
-        description="Without SET: list the built-in probe sets. With SET (a built-in name or a "
-                    ".jsonl/.yaml file): validate it and print its fingerprint and probes.")
+        description="Without SET: list the built-in probe sets. With SET (a built-in name or a\n"
+                    ".jsonl/.yaml file): validate it and print its fingerprint and probes.",
+        epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", nargs="?", metavar="SET", help="built-in name or probe file to show")
     p.set_defaults(func=run)
     return p

@@ -36,10 +36,16 @@ class ScoredCheckpoint:
 def load_scored(directories: list) -> list:
     """Load every directory's report.
 
+    Every directory is checked before anything is printed: one that cannot be
+    read is an error naming the directory, the file where that can be told,
+    and the cause -- never a traceback, and never a checkpoint that merely
+    fails a gate.
+
     Raises
     ------
     CLIError
-        A directory is missing or holds no readable report.
+        A directory is missing or holds no readable, consistent report (exit
+        status 3).
     """
     from probattr_monitor.report import Report
 
@@ -48,10 +54,49 @@ def load_scored(directories: list) -> list:
         if not Path(d).is_dir():
             raise CLIError(f"not a directory: {d} (give directories written by 'probattr score')")
         try:
-            out.append(ScoredCheckpoint(d, Report.load(d)))
-        except (FileNotFoundError, ValueError, KeyError, ImportError, json.JSONDecodeError) as exc:
-            raise CLIError(f"cannot read the report in {d}: {exc}") from None
+            report = Report.load(d)
+        except Exception as exc:  # noqa: BLE001 -- a corrupted file can fail in any library's way
+            raise CLIError(f"cannot read the report in {d}: {describe_load_error(Path(d), exc)}") from None
+        out.append(ScoredCheckpoint(d, report))
     return out
+
+
+def describe_load_error(directory: Path, exc: BaseException) -> str:
+    """The cause of a failed :meth:`Report.load`, naming the file when the error does not.
+
+    Errors of the report reader name their file; those of the JSON, CSV and
+    Parquet libraries often do not. For those, a report JSON file of
+    ``directory`` that does not parse is named as the culprit.
+    """
+    from probattr_monitor.report.report import METRICS_FILE, TABLE_FILES
+
+    if isinstance(exc, RecursionError):
+        text = "nested too deeply to be a report (maximum recursion depth exceeded while reading it)"
+    else:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        expected = (FileNotFoundError, ValueError, KeyError, OSError, ImportError)
+        if not text or not isinstance(exc, expected) or isinstance(exc, UnicodeDecodeError):
+            text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    names = (METRICS_FILE, *TABLE_FILES.values())
+    if any(name in text for name in names):
+        return text
+    culprit = _unparsable_json(directory, (METRICS_FILE, TABLE_FILES["json"]))
+    if culprit is not None:
+        return f"{culprit}: {text}"
+    return f"{text} (while reading {directory / METRICS_FILE} and its token table)"
+
+
+def _unparsable_json(directory: Path, names: tuple) -> Any:
+    """The first of ``names`` in ``directory`` that exists and is not valid JSON, or ``None``."""
+    for name in names:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError, OSError):
+            return path
+    return None
 
 
 def unique_labels(items: list) -> list:

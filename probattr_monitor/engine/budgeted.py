@@ -152,6 +152,7 @@ def attribute_budgeted(
         "exact_token_forwards": int(exact_cost),
         "screen_token_forwards": int(screen_cost[0]),
         "forward_calls": runner.forward_calls,
+        "largest_batch_rows": runner.largest_batch_rows,
         "seconds": time.perf_counter() - started,
         "num_candidates_per_position": set_sizes,
         **per_pos,

@@ -69,6 +69,7 @@ def attribute_exact(
         "path": runner.path,
         "token_forwards": runner.token_forwards,
         "forward_calls": runner.forward_calls,
+        "largest_batch_rows": runner.largest_batch_rows,
         "seconds": time.perf_counter() - started,
         "num_candidates_per_position": set_sizes,
     }

@@ -8,7 +8,9 @@ from typing import Optional
 
 import torch
 
+from probattr_monitor.engine.memory import GENERATION, forward_site
 from probattr_monitor.engine.modes import scoring_mode
+from probattr_monitor.engine.overflow import POSITIONS, find_index_overflow, too_long_message
 from probattr_monitor.engine.runner import cache_keyword, output_cache
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,16 @@ def sample_responses(
     no top-k) with a private ``torch.Generator`` seeded by ``seed`` — the global
     RNG is never touched. Each continuation stops after ``eos_token_id`` (which
     is kept) or ``max_new_tokens`` tokens.
+
+    An out-of-memory error goes through unchanged, with its
+    :func:`~probattr_monitor.engine.memory.oom_site` (stage ``"generation"``).
+
+    Raises
+    ------
+    ValueError
+        A bad ``max_new_tokens`` or ``top_p``, or (for a model whose config
+        declares no context window) an input that outgrew the model's
+        position table: ``"input of N tokens is longer than the model's M positions"``.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -53,9 +65,17 @@ def sample_responses(
     done = torch.zeros(num_samples, dtype=torch.bool)
     out: list[list[int]] = [[] for _ in range(num_samples)]
     cache = None
-    with scoring_mode(model):
+    with scoring_mode(model), forward_site(GENERATION, num_samples, len(prompt_ids) + max_new_tokens - 1):
         for _ in range(max_new_tokens):
-            logits, cache = _next_logits(model, ids, cache)
+            try:
+                logits, cache = _next_logits(model, ids, cache)
+            except IndexError as err:
+                overflow = find_index_overflow(model, ids, lambda: model(ids))
+                if overflow is None or overflow.kind != POSITIONS:
+                    raise
+                raise ValueError(f"generating the response: {too_long_message(ids.shape[1], overflow)} "
+                                 f"({len(prompt_ids)} prompt + {ids.shape[1] - len(prompt_ids)} generated "
+                                 f"tokens)") from err
             if top_p is None:
                 nxt = logits.argmax(dim=-1).cpu()
             else:

@@ -13,35 +13,57 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from probattr_monitor.engine.overflow import POSITIONS, VOCABULARY, too_long_message
 from probattr_monitor.engine.result import AttributionResult
 from probattr_monitor.engine.runner import FullPass, ModelRunner
 from probattr_monitor.engine.stats import PositionStats
-from probattr_monitor.engine.validation import check_in_vocab
+from probattr_monitor.engine.validation import check_in_vocab, declared_vocab_size
 
 
 def full_pass(runner: ModelRunner, prompt: list[int], response: list[int]) -> FullPass:
     """The one forward pass over ``prompt + response``, with its errors named.
 
+    Out-of-memory errors and any other ``RuntimeError`` of the model go
+    through unchanged (an out-of-memory error carries its
+    :func:`~probattr_monitor.engine.memory.oom_site`).
+
     Raises
     ------
     ValueError
-        A token id outside the model's vocabulary, or non-finite logits.
+        A token id outside the model's vocabulary, an input longer than the
+        model's position table (``"input of N tokens is longer than the
+        model's M positions"``), or non-finite logits.
     TypeError
-        The model cannot be run as a causal LM on ``input_ids``.
+        The model is not a causal LM (no ``.logits`` of shape
+        ``[batch, length, vocab]``, or a forward that cannot take token ids).
     """
     try:
         full = runner.full_pass(prompt + response)
     except IndexError as err:
-        raise ValueError(f"a token id is outside the model's vocabulary: {err}") from err
-    except (TypeError, ValueError):
-        raise
-    except RuntimeError as err:
-        raise TypeError(
-            f"model could not be run as a causal LM on input_ids of shape [1, {len(prompt) + len(response)}]: {err}"
-        ) from err
+        raise ValueError(_index_error_message(runner, prompt, response, err)) from err
     check_in_vocab(prompt, full.vocab_size, "prompt_ids")
     check_in_vocab(response, full.vocab_size, "response_ids")
     return full
+
+
+def _index_error_message(runner: ModelRunner, prompt: list[int], response: list[int], err: IndexError) -> str:
+    """What an ``IndexError`` of the full pass means: an id outside the vocabulary, or too long an input."""
+    ids = prompt + response
+    overflow = runner.diagnose_index_error(ids)
+    if overflow is not None and overflow.kind == VOCABULARY:
+        check_in_vocab(prompt, overflow.rows, "prompt_ids")
+        check_in_vocab(response, overflow.rows, "response_ids")
+    if overflow is not None and overflow.kind == POSITIONS:
+        return (f"{too_long_message(len(ids), overflow)}: prompt_ids + response_ids = "
+                f"{len(prompt)} + {len(response)} tokens")
+    if overflow is not None:
+        return f"token id {overflow.index} is outside the model's vocabulary [0, {overflow.rows})"
+    declared = declared_vocab_size(runner.model)
+    if declared is not None:  # the ids were checked against it before the forward
+        return (f"an index was out of range in the model's forward over {len(ids)} tokens; every id is inside "
+                f"its vocabulary [0, {declared}), so the input may be longer than the model's positions: {err}")
+    return (f"an index was out of range in the model's forward over {len(ids)} tokens (a token id outside "
+            f"its vocabulary, or an input longer than its positions; the largest id is {max(ids)}): {err}")
 
 
 def response_log_prob(full: FullPass, prompt_len: int, response: list[int]) -> float:

@@ -93,7 +93,8 @@ class AttributionResult:
     stderr : dict of str to numpy.ndarray
         Standard error of each estimated quantity (empty for exact scoring).
     info : dict
-        Free-form scoring metadata (cost counters, settings).
+        Free-form scoring metadata (cost counters, settings; ``largest_batch_rows``
+        is the largest candidate batch the model was run on).
     """
 
     positions: np.ndarray

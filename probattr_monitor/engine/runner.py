@@ -29,6 +29,9 @@ from typing import Any, Optional
 
 import torch
 
+from probattr_monitor.engine.memory import CANDIDATE_BATCH, FULL_PASS, forward_site, is_out_of_memory
+from probattr_monitor.engine.overflow import IndexOverflow, find_index_overflow
+
 logger = logging.getLogger(__name__)
 
 _FLOAT32_BYTES = 4
@@ -63,6 +66,16 @@ class ModelRunner:
         Bound on the largest transient tensors (logits chunks, batch activations).
     use_cache : bool or None
         ``None`` detects cache support; ``False`` forces full forwards.
+
+    Attributes
+    ----------
+    last_batch_rows : int
+        Rows of the last forward started (1 for the full pass, the candidate
+        batch for a suffix forward). An out-of-memory error leaves the engine
+        unchanged but carries the same number in its
+        :func:`~probattr_monitor.engine.memory.oom_site`.
+    largest_batch_rows : int
+        The largest candidate batch forwarded so far.
     """
 
     def __init__(self, model: torch.nn.Module, memory_budget_bytes: int, use_cache: Optional[bool] = None):
@@ -76,20 +89,24 @@ class ModelRunner:
         self._config = getattr(model, "config", None)
         self.token_forwards = 0
         self.forward_calls = 0
+        self.last_batch_rows = 0
+        self.largest_batch_rows = 0
 
     # ------------------------------------------------------------------ full pass
     def full_pass(self, ids: list[int]) -> FullPass:
         """Forward ``ids`` once; keep log-probabilities and (if supported) the KV cache."""
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        out, cache = self._call_model(x, want_cache=self.use_cache is not False)
-        logits = _get_logits(out, x.shape)
-        _check_finite(logits, "the full forward pass over prompt+response")
-        vocab = int(logits.shape[-1])
-        log_probs = torch.log_softmax(logits[0, :-1].double(), dim=-1)
-        kv = _extract_kv(cache, len(ids)) if cache is not None else None
+        self.last_batch_rows = 1
+        with forward_site(FULL_PASS, 1, len(ids)):
+            out, cache = self._call_model(x, want_cache=self.use_cache is not False)
+            logits = _get_logits(out, x.shape)
+            _check_finite(logits, "the full forward pass over prompt+response")
+            vocab = int(logits.shape[-1])
+            log_probs = torch.log_softmax(logits[0, :-1].double(), dim=-1)
+            kv = _extract_kv(cache, len(ids)) if cache is not None else None
+            head_split = self._find_head_split(x, logits) if kv is not None else None
         if kv is not None:
             self.path = "cache"
-            head_split = self._find_head_split(x, logits)
             if head_split is not None:
                 self._decoder, self._head = head_split
                 self.path = "cache+head"
@@ -100,19 +117,36 @@ class ModelRunner:
         self.forward_calls += 1
         return FullPass(log_probs=log_probs, kv=kv, vocab_size=vocab)
 
+    def diagnose_index_error(self, ids: list[int]) -> Optional[IndexOverflow]:
+        """Re-run the forward over ``ids`` that raised an ``IndexError`` to find the embedding out of range.
+
+        See :func:`probattr_monitor.engine.overflow.find_index_overflow`.
+        """
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        return find_index_overflow(self.model, x, lambda: self._call_model(x, want_cache=False))
+
     def _call_model(self, x: torch.Tensor, want_cache: bool):
-        if want_cache:
-            try:
-                out = self.model(input_ids=x, use_cache=True)
-            except TypeError:
-                out = self.model(x)
-                return out, None
-            return out, output_cache(out)
         try:
-            out = self.model(input_ids=x, use_cache=False)
-        except TypeError:
-            out = self.model(x)
-        return out, None
+            out = self.model(input_ids=x, use_cache=want_cache)
+        except TypeError:  # a forward without the use_cache (or input_ids) keyword
+            return self._call_positional(x), None
+        return out, (output_cache(out) if want_cache else None)
+
+    def _call_positional(self, x: torch.Tensor) -> Any:
+        """``model(x)``; a ``RuntimeError`` from a forward that takes no ``input_ids`` means it is no causal LM.
+
+        Out-of-memory errors, and any error of a forward that does take
+        ``input_ids``, go through unchanged.
+        """
+        try:
+            return self.model(x)
+        except RuntimeError as err:
+            if is_out_of_memory(err) or takes_input_ids(self.model):
+                raise
+            raise TypeError(
+                f"model could not be run as a causal LM on input_ids of shape {list(x.shape)}: its forward "
+                f"takes no input_ids, and calling it on the token ids failed: {err}"
+            ) from err
 
     def _find_head_split(self, x: torch.Tensor, logits: torch.Tensor):
         """Return ``(decoder, lm_head)`` if ``lm_head(decoder(x))`` reproduces the logits exactly."""
@@ -127,7 +161,9 @@ class ModelRunner:
         try:
             hidden = decoder(input_ids=x, use_cache=False).last_hidden_state
             again = head(hidden)
-        except Exception:  # noqa: BLE001 - any failure means "not splittable"
+        except Exception as err:  # noqa: BLE001 - any failure but out-of-memory means "not splittable"
+            if is_out_of_memory(err):
+                raise
             return None
         if again.shape != logits.shape or not torch.equal(again, logits):
             logger.debug("logits differ from lm_head(decoder(x)); using the model's own logits")
@@ -185,8 +221,11 @@ class ModelRunner:
         suffix[:, 0] = first_tokens.to(self.device)
         suffix[:, 1:] = torch.tensor(rest[:-1], dtype=torch.long, device=self.device)
         targets = torch.tensor(rest, dtype=torch.long, device=self.device)
-        states, from_hidden = self._suffix_states(full, prefix_ids, suffix)
-        return self._target_log_probs(states, targets, from_hidden=from_hidden)
+        self.last_batch_rows = batch
+        self.largest_batch_rows = max(self.largest_batch_rows, batch)
+        with forward_site(CANDIDATE_BATCH, batch, len(prefix_ids) + n_rows):
+            states, from_hidden = self._suffix_states(full, prefix_ids, suffix)
+            return self._target_log_probs(states, targets, from_hidden=from_hidden)
 
     def _suffix_states(self, full: FullPass, prefix_ids: list[int], suffix: torch.Tensor):
         """The model's outputs at every position of ``suffix`` ``[B, S]``, after the prefix.
@@ -257,6 +296,15 @@ def cache_keyword(module: torch.nn.Module) -> str:
     except (TypeError, ValueError):
         return "past_key_values"
     return "cache" if "cache" in params else "past_key_values"
+
+
+def takes_input_ids(model: torch.nn.Module) -> bool:
+    """Whether ``model.forward`` accepts an ``input_ids`` keyword (by name or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "input_ids" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def output_cache(out: Any) -> Any:

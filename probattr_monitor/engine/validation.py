@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Optional, Sequence
 
@@ -21,9 +22,12 @@ def as_token_ids(ids: Any, name: str) -> list[int]:
     ValueError
         If ``ids`` is empty or holds a negative id.
     """
-    if isinstance(ids, (str, bytes)):
+    if isinstance(ids, str):
         raise TypeError(f"{name} must be a sequence of token ids, got a string; tokenize it first "
                         f"(or use attribute_text)")
+    if isinstance(ids, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{name} must be a sequence of token ids, got {type(ids).__name__}; decode it to a str "
+                        f"and tokenize it (or give it to attribute_text as a str)")
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1:
             raise TypeError(f"{name} must be a 1-D sequence of token ids, got a tensor of shape {tuple(ids.shape)}")
@@ -92,18 +96,18 @@ def check_positions(positions: Optional[Any], prompt_len: int) -> np.ndarray:
     return np.array(sorted(pos), dtype=np.int64)
 
 
-def check_candidates(candidates: Any, vocab_size: int) -> np.ndarray:
-    """Validate the candidate set; ``"all"`` is the whole output vocabulary.
+def candidate_ids(candidates: Any) -> Optional[list[int]]:
+    """The ids of a candidate set, checked for everything but the vocabulary; ``None`` for ``"all"``.
 
-    Returns
-    -------
-    numpy.ndarray
-        Sorted int64 candidate ids (the original token is added per position later).
+    Raises
+    ------
+    TypeError, ValueError
+        Not ``"all"`` nor a sequence of integer ids, empty, or with duplicates.
     """
     if isinstance(candidates, str):
         if candidates != "all":
             raise ValueError(f"candidates must be 'all' or a sequence of token ids, got the string {candidates!r}")
-        return np.arange(vocab_size, dtype=np.int64)
+        return None
     try:
         cand = as_token_ids(candidates, "candidates")
     except ValueError as err:
@@ -113,8 +117,31 @@ def check_candidates(candidates: Any, vocab_size: int) -> np.ndarray:
     if len(set(cand)) != len(cand):
         dup = sorted({c for c in cand if cand.count(c) > 1})[:10]
         raise ValueError(f"candidates has duplicate ids: {dup}")
+    return cand
+
+
+def check_candidates(candidates: Any, vocab_size: int) -> np.ndarray:
+    """Validate the candidate set; ``"all"`` is the whole output vocabulary.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted int64 candidate ids (the original token is added per position later).
+    """
+    cand = candidate_ids(candidates)
+    if cand is None:
+        return np.arange(vocab_size, dtype=np.int64)
     check_in_vocab(cand, vocab_size, "candidates")
     return np.array(sorted(cand), dtype=np.int64)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """A positive integer (``bool`` is not one); ``name`` names the argument in the message."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
 
 
 def check_batch_size(batch_size: Any) -> Optional[int]:
@@ -123,9 +150,29 @@ def check_batch_size(batch_size: Any) -> Optional[int]:
         return None
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
         raise TypeError(f"batch_size must be a positive integer or None, got {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-    return int(batch_size)
+    return check_positive_int(batch_size, "batch_size")
+
+
+def check_memory_budget_mb(memory_budget_mb: Any) -> float:
+    """The engine's memory budget: a positive, finite number of MiB (``bool`` and strings are not).
+
+    The one check of ``memory_budget_mb``, used by :func:`~probattr_monitor.attribute`,
+    :func:`~probattr_monitor.engine.text.attribute_text` and ``ScoringConfig``.
+
+    Raises
+    ------
+    TypeError
+        If it is not a real number.
+    ValueError
+        If it is NaN, infinite, zero or negative.
+    """
+    if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, numbers.Real):
+        raise TypeError(f"memory_budget_mb must be a positive number of MiB, got {type(memory_budget_mb).__name__} "
+                        f"{memory_budget_mb!r}")
+    value = float(memory_budget_mb)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"memory_budget_mb must be a positive, finite number of MiB, got {memory_budget_mb!r}")
+    return value
 
 
 def check_model(model: Any) -> torch.nn.Module:
@@ -186,6 +233,29 @@ def declared_vocab_size(model: Any) -> Optional[int]:
     return int(size) if isinstance(size, int) else None
 
 
+def validate_prompt(
+    model: Any, prompt_ids: Any, positions: Any, batch_size: Any, memory_budget_mb: Any, name: str = "prompt_ids"
+) -> tuple[list[int], np.ndarray, Optional[int]]:
+    """The checks of a request that need neither its response nor a forward pass.
+
+    ``name`` names the prompt in messages (``"prompt"`` for :func:`attribute_text`).
+
+    Returns
+    -------
+    (prompt, positions, batch_size)
+        Ids as ``list[int]``, sorted positions, and the batch size or ``None``.
+    """
+    check_model(model)
+    prompt = as_token_ids(prompt_ids, name)
+    pos = check_positions(positions, len(prompt))
+    bs = check_batch_size(batch_size)
+    check_memory_budget_mb(memory_budget_mb)
+    declared = declared_vocab_size(model)
+    if declared is not None:
+        check_in_vocab(prompt, declared, name)
+    return prompt, pos, bs
+
+
 def validate_request(
     model: Any, prompt_ids: Any, response_ids: Any, positions: Any, batch_size: Any, memory_budget_mb: Any
 ) -> tuple[list[int], list[int], np.ndarray, Optional[int]]:
@@ -196,16 +266,10 @@ def validate_request(
     (prompt, response, positions, batch_size)
         Ids as ``list[int]``, sorted positions, and the batch size or ``None``.
     """
-    check_model(model)
-    prompt = as_token_ids(prompt_ids, "prompt_ids")
+    prompt, pos, bs = validate_prompt(model, prompt_ids, positions, batch_size, memory_budget_mb)
     response = as_token_ids(response_ids, "response_ids")
-    pos = check_positions(positions, len(prompt))
-    bs = check_batch_size(batch_size)
-    if not memory_budget_mb or memory_budget_mb <= 0:
-        raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
     declared = declared_vocab_size(model)
     if declared is not None:
-        check_in_vocab(prompt, declared, "prompt_ids")
         check_in_vocab(response, declared, "response_ids")
     check_fits_context(model, len(prompt) + len(response))
     return prompt, response, pos, bs

@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import logging
+import reprlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -66,6 +67,16 @@ def _location(source: str | None, line: int | None, index: int | None = None) ->
     return f"{source}: "
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 6, 6, 6
+_REPR.maxstring = _REPR.maxother = 80
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, shortened: deeply nested or long values make messages of bounded size."""
+    return _REPR.repr(value)
+
+
 def _type_name(value: Any) -> str:
     return {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
             list: "list", tuple: "list", dict: "mapping"}.get(type(value), type(value).__name__)
@@ -75,25 +86,26 @@ def _field_problem(name: str, value: Any) -> tuple[type[Exception], str] | None:
     """Return ``(exception type, message)`` if ``value`` is invalid for field ``name``."""
     if name in ("id", "prompt"):
         if not isinstance(value, str):
-            return TypeError, f"field '{name}' must be a string, got {_type_name(value)} {value!r}"
+            return TypeError, f"field '{name}' must be a string, got {_type_name(value)} {_shown(value)}"
         if not value.strip():
             return ValueError, f"empty {name}"
     elif name in ("response", "purpose"):
         if value is not None and not isinstance(value, str):
-            return TypeError, f"field '{name}' must be a string or null, got {_type_name(value)} {value!r}"
+            return TypeError, f"field '{name}' must be a string or null, got {_type_name(value)} {_shown(value)}"
         if name == "response" and value is not None and not value:
             return ValueError, "empty response (omit the field or use null to have one generated)"
     elif name == "tags":
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            return TypeError, f"field 'tags' must be a list of strings, got {_type_name(value)} {value!r}"
+            return TypeError, f"field 'tags' must be a list of strings, got {_type_name(value)} {_shown(value)}"
         for tag in value:
             if not isinstance(tag, str):
-                return TypeError, f"field 'tags' must be a list of strings, got an element {_type_name(tag)} {tag!r}"
+                return TypeError, (f"field 'tags' must be a list of strings, got an element {_type_name(tag)} "
+                                   f"{_shown(tag)}")
             if not tag.strip():
                 return ValueError, "empty tag in field 'tags'"
     elif name == "chat":
         if not isinstance(value, bool):
-            return TypeError, f"field 'chat' must be a boolean (true/false), got {_type_name(value)} {value!r}"
+            return TypeError, f"field 'chat' must be a boolean (true/false), got {_type_name(value)} {_shown(value)}"
     else:
         return ValueError, f"unknown field '{name}'"
     return None
@@ -202,7 +214,7 @@ def probe_from_record(record: Any, *, source: str, line: int | None = None, inde
                    f"got {_type_name(record)}")
     for key in record:
         if not isinstance(key, str):
-            raise fail(f"field names must be strings, got {_type_name(key)} {key!r}")
+            raise fail(f"field names must be strings, got {_type_name(key)} {_shown(key)}")
         if key not in PROBE_FIELDS:
             close = difflib.get_close_matches(key, PROBE_FIELDS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""

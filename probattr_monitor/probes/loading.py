@@ -41,6 +41,10 @@ BUILTIN_PROBE_SETS: Mapping[str, str] = MappingProxyType({
 })
 
 PROBE_FILE_SUFFIXES: tuple[str, ...] = (".jsonl", ".yaml", ".yml")
+# A probe's fields are strings, a list of strings and a boolean: nesting deep enough to exhaust
+# Python's recursion limit is never a probe (and would otherwise escape as a bare RecursionError).
+_TOO_DEEP = ("values nested too deeply to parse (maximum recursion depth exceeded); a probe's fields "
+             "are strings, a list of strings (tags) and a boolean (chat)")
 _YAML_TOP_KEYS: tuple[str, ...] = ("name", "description", "probes")
 
 
@@ -218,7 +222,7 @@ def parse_jsonl(text: str, *, source: str, name: str) -> ProbeSet:
     ------
     ProbeSetError
         Malformed JSON, a line that is not an object, a duplicate key or id, an
-        invalid field, or no probes at all.
+        invalid field, values nested too deeply to parse, or no probes at all.
     """
     probes = []
     lines: list[int] = []
@@ -233,7 +237,12 @@ def parse_jsonl(text: str, *, source: str, name: str) -> ProbeSet:
         except json.JSONDecodeError as exc:
             raise ProbeSetError(f"invalid JSON: {exc.msg} (column {exc.colno})",
                                 source=source, line=lineno) from None
-        probes.append(probe_from_record(record, source=source, line=lineno))
+        except RecursionError:
+            raise ProbeSetError(_TOO_DEEP, source=source, line=lineno) from None
+        try:
+            probes.append(probe_from_record(record, source=source, line=lineno))
+        except RecursionError:
+            raise ProbeSetError(_TOO_DEEP, source=source, line=lineno) from None
         lines.append(lineno)
     if not probes:
         raise ProbeSetError("no probes found (empty file)", source=source)
@@ -281,7 +290,8 @@ def parse_yaml(text: str, *, source: str, name: str) -> ProbeSet:
     ------
     ProbeSetError
         YAML syntax errors, several documents, an unexpected structure, a
-        duplicate key or id, an invalid field, or no probes at all.
+        duplicate key or id, an invalid field, values nested too deeply to
+        parse, or no probes at all.
     """
     loader = yaml.SafeLoader(text)
     try:
@@ -294,6 +304,8 @@ def parse_yaml(text: str, *, source: str, name: str) -> ProbeSet:
                             line=mark.line + 1 if mark is not None else None) from None
     except yaml.YAMLError as exc:
         raise ProbeSetError(f"invalid YAML: {exc}", source=source) from None
+    except RecursionError:
+        raise ProbeSetError(_TOO_DEEP, source=source, line=loader.get_mark().line + 1) from None
     finally:
         loader.dispose()
 
@@ -329,7 +341,10 @@ def parse_yaml(text: str, *, source: str, name: str) -> ProbeSet:
     lines: list[int] = []
     for item, node in zip(items, seq_node.value):
         line = _mark_line(node)
-        probes.append(probe_from_record(item, source=source, line=line,
-                                        field_lines=_mapping_lines(node, source=source)))
+        try:
+            probes.append(probe_from_record(item, source=source, line=line,
+                                            field_lines=_mapping_lines(node, source=source)))
+        except RecursionError:
+            raise ProbeSetError(_TOO_DEEP, source=source, line=line) from None
         lines.append(line)
     return ProbeSet(name=name, probes=tuple(probes), source=source, lines=tuple(lines))

@@ -7,8 +7,14 @@ On disk a report is a directory::
     report.json      meta + metrics + records (format "json")
     metrics.json     meta + metrics + flat scalars + the table schema (always)
 
-Every file is written atomically; ``metrics.json`` is written last and holds the
-column schema that lets each table format load back with identical dtypes.
+A save replaces the directory's report as a whole: the files are staged and
+committed together, so that a process killed mid-save leaves the old report or
+the new one (see :func:`probattr_monitor.io_utils.replace_files`).
+``metrics.json``, the manifest, is moved into place last; it lists the saved
+formats, holds the column schema that lets each table format load back with
+identical dtypes, and records the size and SHA-256 of every table file, which
+:meth:`Report.load` checks. Table files of formats the manifest does not list
+are removed on save and ignored on load.
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
-from probattr_monitor.io_utils import atomic_write_text, jsonable
-from probattr_monitor.report._deps import require_pandas
+from probattr_monitor.io_utils import current_path, file_sha256, jsonable, replace_files
+from probattr_monitor.report._deps import require_pandas, require_pyarrow
 from probattr_monitor.report.metrics import compute_metrics
 from probattr_monitor.report.noise import NoiseConfig, resolve_noise_config
 from probattr_monitor.report.table import (
@@ -160,15 +167,23 @@ class Report:
     # ------------------------------------------------------------------ saving
 
     def save(self, directory: str | Path, formats: Sequence[str] = ("csv", "parquet", "json")) -> dict[str, Path]:
-        """Write the report to ``directory`` atomically, file by file.
+        """Write the report to ``directory``, replacing the report there as a whole.
+
+        Every file is written into a staging directory first and the set is
+        committed at once (:func:`probattr_monitor.io_utils.replace_files`):
+        a process killed at any instant of the save leaves a directory that
+        loads as the old report or as this one, never a mix. ``metrics.json``
+        records a checksum of every table file, which :meth:`load` verifies.
+        Table files of formats not in ``formats`` left by an earlier save are
+        removed; other files of the directory (figures...) are kept.
 
         Parameters
         ----------
         directory : str or Path
-            Created if missing; existing report files are replaced.
+            Created if missing.
         formats : sequence of {"csv", "parquet", "json"}
             Table formats to write (``tokens.csv``, ``tokens.parquet``,
-            ``report.json``); ``metrics.json`` is always written, last.
+            ``report.json``); ``metrics.json`` is always written.
 
         Returns
         -------
@@ -181,22 +196,25 @@ class Report:
             On an unknown format.
         ImportError
             For ``"parquet"`` without pyarrow (the ``io`` extra).
+        OSError
+            The directory cannot be written; the report there is left as it was.
         """
         formats = tuple(dict.fromkeys(formats))
         unknown = [f for f in formats if f not in TABLE_FILES]
         if unknown:
             raise ValueError(f"unknown report formats {unknown}; known: {sorted(TABLE_FILES)}")
+        if "parquet" in formats:
+            require_pyarrow()
         directory = Path(directory)
         kinds = column_kinds(self.table)
         schema = [[name, kind] for name, kind in kinds.items()]
         header = {"format": REPORT_FORMAT, "version": REPORT_VERSION}
-        written: dict[str, Path] = {}
+        writers: dict[str, Callable[[Path], None]] = {}
         for fmt in formats:
-            path = directory / TABLE_FILES[fmt]
             if fmt == "csv":
-                write_table_csv(self.table, path)
+                writers[TABLE_FILES[fmt]] = lambda p: write_table_csv(self.table, p, atomic=False)
             elif fmt == "parquet":
-                write_table_parquet(self.table, path)
+                writers[TABLE_FILES[fmt]] = lambda p: write_table_parquet(self.table, p, atomic=False)
             else:
                 payload = {
                     **header,
@@ -205,18 +223,31 @@ class Report:
                     "columns": schema,
                     "records": table_records(self.table),
                 }
-                atomic_write_text(path, _dumps(payload))
-            written[fmt] = path
-        manifest = {
-            **header,
-            "meta": self.meta,
-            "scalars": self.metrics.scalars(),
-            "metrics": self.metrics.to_dict(),
-            "columns": schema,
-            "n_rows": int(len(self.table)),
-            "formats": list(formats),
-        }
-        written["metrics"] = atomic_write_text(directory / METRICS_FILE, _dumps(manifest))
+                writers[TABLE_FILES[fmt]] = lambda p: p.write_text(_dumps(payload), encoding="utf-8")
+
+        def write_manifest(path: Path) -> None:
+            files = {}
+            for fmt in formats:
+                staged = path.parent / TABLE_FILES[fmt]
+                files[TABLE_FILES[fmt]] = {"sha256": file_sha256(staged), "bytes": staged.stat().st_size}
+            manifest = {
+                **header,
+                "save_id": uuid.uuid4().hex,
+                "meta": self.meta,
+                "scalars": self.metrics.scalars(),
+                "metrics": self.metrics.to_dict(),
+                "columns": schema,
+                "n_rows": int(len(self.table)),
+                "formats": list(formats),
+                "files": files,
+            }
+            path.write_text(_dumps(manifest), encoding="utf-8")
+
+        writers[METRICS_FILE] = write_manifest
+        stale = [name for fmt, name in TABLE_FILES.items() if fmt not in formats]
+        paths = replace_files(directory, writers, last=METRICS_FILE, remove=stale)
+        written = {fmt: paths[TABLE_FILES[fmt]] for fmt in formats}
+        written["metrics"] = paths[METRICS_FILE]
         logger.info("saved report (%d rows, formats %s) to %s", len(self.table), list(formats), directory)
         return written
 
@@ -224,12 +255,17 @@ class Report:
     def load(cls, directory: str | Path, fmt: Optional[str] = None) -> "Report":
         """Load a report written by :meth:`save`.
 
+        Only the table formats that ``metrics.json`` lists are read (files of
+        other formats are ignored), and each is checked against the checksum
+        ``metrics.json`` records for it. A save interrupted after its commit
+        is read as the new report (nothing is written).
+
         Parameters
         ----------
         directory : str or Path
         fmt : {"csv", "parquet", "json"}, optional
-            Table format to read. By default: Parquet if present and pyarrow
-            is installed, else JSON, else CSV.
+            Table format to read. By default, of the saved formats whose file
+            is there: Parquet if pyarrow is installed, else JSON, else CSV.
 
         Returns
         -------
@@ -240,38 +276,58 @@ class Report:
         Raises
         ------
         FileNotFoundError
-            If the directory holds no report (or not the requested format).
+            If the directory holds no report, or not in the requested format.
         ValueError
-            On an unknown format, a foreign file, or a table whose row count
-            disagrees with ``metrics.json``.
+            On an unknown format, or a file (named in the message) that is not
+            a report file, cannot be read, or does not match ``metrics.json``
+            (damaged, or from another save).
         """
         directory = Path(directory)
         if fmt is not None and fmt not in TABLE_FILES:
             raise ValueError(f"unknown report format {fmt!r}; known: {sorted(TABLE_FILES)}")
-        manifest_path = directory / METRICS_FILE
-        report_json = directory / TABLE_FILES["json"]
+        manifest_path = current_path(directory, METRICS_FILE)
         full_json: Optional[dict[str, Any]] = None
         if manifest_path.exists():
             manifest = _load_json(manifest_path)
-        elif report_json.exists():
+            if manifest_path.parent != directory:
+                logger.info("%s: reading the report of a save interrupted after its commit", directory)
+        else:
+            report_json = current_path(directory, TABLE_FILES["json"])
+            if not report_json.exists():
+                raise FileNotFoundError(f"no report in {directory} (neither {METRICS_FILE} nor report.json)")
             manifest = full_json = _load_json(report_json)
-        else:
-            raise FileNotFoundError(f"no report in {directory} (neither {METRICS_FILE} nor report.json)")
+            manifest_path = report_json
+        saved = _saved_formats(directory, manifest, manifest_path)
         if fmt is None:
-            fmt = _default_format(directory)
-        path = directory / TABLE_FILES[fmt]
+            fmt = _default_format(directory, saved)
+        elif fmt not in saved:
+            raise FileNotFoundError(
+                f"report in {directory} has no {fmt} table ({TABLE_FILES[fmt]}); "
+                f"{manifest_path.name} lists {', '.join(saved) or 'none'}"
+            )
+        path = current_path(directory, TABLE_FILES[fmt])
         if not path.exists():
-            raise FileNotFoundError(f"report in {directory} has no {fmt} table ({path.name})")
-        kinds = {str(name): str(kind) for name, kind in manifest["columns"]}
-        if fmt == "csv":
-            table = read_table_csv(path, kinds)
-        elif fmt == "parquet":
-            table = read_table_parquet(path, kinds)
-        else:
-            payload = full_json if full_json is not None else _load_json(path)
-            kinds = {str(name): str(kind) for name, kind in payload["columns"]}
-            table = table_from_records(payload["records"], kinds)
-        metrics = SetMetrics.from_dict(manifest["metrics"])
+            raise FileNotFoundError(f"report in {directory} has no {fmt} table: {path} is missing")
+        if full_json is None:
+            _verify_file(path, manifest, manifest_path)
+        try:
+            kinds = {str(name): str(kind) for name, kind in manifest["columns"]}
+            metrics = SetMetrics.from_dict(manifest["metrics"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{manifest_path} is not a valid report manifest: {type(err).__name__}: {err}") from None
+        try:
+            if fmt == "csv":
+                table = read_table_csv(path, kinds)
+            elif fmt == "parquet":
+                table = read_table_parquet(path, kinds)
+            else:
+                payload = full_json if full_json is not None else _load_json(path)
+                kinds = {str(name): str(kind) for name, kind in payload["columns"]}
+                table = table_from_records(payload["records"], kinds)
+        except (ImportError, OSError):
+            raise
+        except Exception as err:
+            raise ValueError(f"cannot read the {fmt} table {path}: {type(err).__name__}: {err}") from None
         _check_consistent(table, metrics, manifest.get("n_rows"), path.name)
         return cls(table=table, metrics=metrics, meta=manifest.get("meta") or {})
 
@@ -319,29 +375,67 @@ def _check_consistent(table: Any, metrics: SetMetrics, n_rows: Optional[int], na
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON (damaged or truncated?): {err}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be a report file") from None
     if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
         raise ValueError(f"{path} is not a probattr-monitor report file")
-    if int(data.get("version", 0)) > REPORT_VERSION:
+    try:
+        version = int(data.get("version", 0))
+    except (TypeError, ValueError):
+        raise ValueError(f"{path} has an invalid report version {data.get('version')!r}") from None
+    if version > REPORT_VERSION:
         raise ValueError(
             f"{path} has report version {data.get('version')}; this probattr-monitor reads up to {REPORT_VERSION}"
         )
     return data
 
 
-def _default_format(directory: Path) -> str:
-    if (directory / TABLE_FILES["parquet"]).exists():
+def _saved_formats(directory: Path, manifest: Mapping[str, Any], manifest_path: Path) -> list[str]:
+    """The table formats of the save ``manifest`` describes (what exists, for manifests that list none)."""
+    listed = manifest.get("formats")
+    if manifest_path.name == TABLE_FILES["json"]:
+        return ["json"]  # report.json alone holds the whole report
+    if listed is None:  # no list recorded: every table file present
+        return [f for f, name in TABLE_FILES.items() if current_path(directory, name).exists()]
+    if not isinstance(listed, list) or any(f not in TABLE_FILES for f in listed):
+        raise ValueError(f"{manifest_path} lists unknown table formats {listed!r}")
+    return list(listed)
+
+
+def _default_format(directory: Path, saved: Sequence[str]) -> str:
+    """Of the saved formats whose file is there: Parquet if pyarrow is installed, else JSON, else CSV."""
+    present = [f for f in saved if current_path(directory, TABLE_FILES[f]).exists()]
+    if "parquet" in present:
         try:
             import pyarrow  # noqa: F401
 
             return "parquet"
         except ImportError:
             logger.info("pyarrow missing: reading the JSON/CSV table instead of Parquet")
-    if (directory / TABLE_FILES["json"]).exists():
-        return "json"
-    if (directory / TABLE_FILES["csv"]).exists():
-        return "csv"
-    if (directory / TABLE_FILES["parquet"]).exists():
-        return "parquet"  # raises the ImportError naming the extra
+    for fmt in ("json", "csv", "parquet"):  # parquet last: raises the ImportError naming the extra
+        if fmt in present:
+            return fmt
+    if saved:
+        missing = ", ".join(TABLE_FILES[f] for f in saved)
+        raise FileNotFoundError(f"report in {directory} has no token table: {missing} missing")
     raise FileNotFoundError(f"report in {directory} has no token table")
 
+
+def _verify_file(path: Path, manifest: Mapping[str, Any], manifest_path: Path) -> None:
+    """Raise unless ``path`` is the file ``manifest`` recorded (size and SHA-256); manifests without checksums pass."""
+    files = manifest.get("files")
+    if files is None:
+        return  # written before checksums were recorded
+    entry = files.get(path.name) if isinstance(files, Mapping) else None
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{manifest_path} records no checksum for {path.name}")
+    size = path.stat().st_size
+    if entry.get("bytes") != size or entry.get("sha256") != file_sha256(path):
+        raise ValueError(
+            f"{path} does not match {manifest_path} ({size} bytes, {entry.get('bytes')} recorded; checksum "
+            f"differs): the file is damaged or comes from another save"
+        )

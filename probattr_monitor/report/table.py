@@ -361,9 +361,12 @@ def parse_candidates(value: str) -> list[tuple[int, Optional[str], float]]:
 # ------------------------------------------------------------------ file formats
 
 
-def write_table_csv(df: "pd.DataFrame", path: str | Path) -> Path:
-    """Write the table as CSV atomically (NaN as an empty field, floats exact)."""
+def write_table_csv(df: "pd.DataFrame", path: str | Path, *, atomic: bool = True) -> Path:
+    """Write the table as CSV (NaN as an empty field, floats exact); atomically unless ``atomic=False``."""
     text = df.to_csv(index=False, na_rep="", lineterminator="\n")
+    if not atomic:
+        Path(path).write_text(text, encoding="utf-8")
+        return Path(path)
     return atomic_write_text(path, text)
 
 
@@ -380,9 +383,12 @@ def read_table_csv(path: str | Path, kinds: Mapping[str, str]) -> "pd.DataFrame"
     return apply_kinds(df, kinds)
 
 
-def write_table_parquet(df: "pd.DataFrame", path: str | Path) -> Path:
-    """Write the table as Parquet atomically (needs pyarrow: the ``io`` extra)."""
+def write_table_parquet(df: "pd.DataFrame", path: str | Path, *, atomic: bool = True) -> Path:
+    """Write the table as Parquet (needs pyarrow: the ``io`` extra); atomically unless ``atomic=False``."""
     require_pyarrow()
+    if not atomic:
+        df.to_parquet(path, engine="pyarrow", index=False)
+        return Path(path)
     return atomic_write(path, lambda p: df.to_parquet(p, engine="pyarrow", index=False))
 
 

@@ -8,9 +8,13 @@ Layout::
         tokens.csv, report.json, metrics.json
         entropy_vs_as.png, kl_vs_as.png, tokens_<probe>.png, tokens_<probe>.html
 
-Every file is written atomically; ``history.jsonl`` is rewritten whole, keyed by
-step (a step logged again, e.g. after resuming from an earlier checkpoint,
-replaces its old line), so a reader never sees a torn or duplicated line.
+Each report directory is replaced as a whole (:meth:`Report.save`) before its
+line is added to ``history.jsonl``, so every line names a complete report.
+``history.jsonl`` is rewritten whole and atomically, keyed by step (a step
+logged again, e.g. after resuming from an earlier checkpoint, replaces its old
+line), so a reader never sees a torn or duplicated line; a torn line left by
+another writer is skipped by :func:`read_history` and dropped at the next
+rewrite.
 """
 
 from __future__ import annotations
@@ -39,18 +43,30 @@ def step_dir_name(step: int) -> str:
 
 
 def read_history(directory: str | Path) -> list[dict[str, Any]]:
-    """The lines of ``history.jsonl`` in ``directory`` (empty list if there is none)."""
+    """The lines of ``history.jsonl`` in ``directory`` (empty list if there is none).
+
+    A line that is not a JSON object (torn by a process killed while another
+    writer appended it, invalid UTF-8, a crash's trailing NUL bytes) is
+    skipped with a warning naming the file and line; the rest are returned.
+    :class:`FileSink` rewrites the file without such lines at its next scoring.
+    """
     path = Path(directory) / HISTORY_FILE
     if not path.exists():
         return []
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    raw = path.read_bytes().split(b"\n")
+    for n, line in enumerate(raw, start=1):
+        if not line.strip(b" \t\r\x00"):
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            logger.warning("probattr: %s line %d is not JSON; skipped", path, n)
+            entry = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            entry = None
+        if isinstance(entry, dict):
+            out.append(entry)
+        else:
+            where = "last line (a torn write?)" if n == len(raw) else f"line {n}"
+            logger.warning("probattr: %s %s is not a JSON object; skipped", path, where)
     return out
 
 
