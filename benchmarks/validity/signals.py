@@ -75,12 +75,8 @@ def _col(name):
 
 
 def derived_signals() -> list[Signal]:
-    """Threshold-free signals from the prompt token's own surprisal (docs/design.md section 2)."""
+    """Signals built on the prompt tokens' own surprisals that the product does not log (diagnostics)."""
     return [
-        _ratio_signal("mean_surprisal_prompt", _col("surprisal_prompt"),
-                      "mean -log p_k(x_k): the probe token's surprisal given the rest of the prompt"),
-        _ratio_signal("mean_surprisal_full", _col("surprisal_full"),
-                      "mean -log p'_k(x_k): the same given the response too"),
         _ratio_signal("calibration_gap_prompt", lambda t: t["surprisal_prompt"].to_numpy(float)
                       - t["entropy_prompt"].to_numpy(float), "mean surprisal minus entropy of p_k"),
         _ratio_signal("calibration_gap_full", lambda t: t["surprisal_full"].to_numpy(float)
@@ -91,33 +87,33 @@ def derived_signals() -> list[Signal]:
     ]
 
 
-def _probe_nll_per_probe(table):
-    """Mean causal NLL of the probe tokens, -log p(x_k | x_<k), recovered from the table.
+def with_prefix_surprisal(table):
+    """``table`` with a ``surprisal_prefix`` column, recovered exactly where the scorer did not write one.
 
-    ``a_k(x_k) = log_denominator - surprisal_prompt`` is the log-probability of
-    ``x_k..x_{n-1}`` given ``x_<k``, so consecutive positions give each token's
-    own causal log-probability. This is the plain held-out loss of the probes: the
-    baseline that needs one forward per probe and no attribution at all.
+    Runs scored before the engine exported ``-log p(x_k | x_<k)`` still hold
+    ``a_k(x_k) = log_denominator - surprisal_prompt``, the log-probability of
+    ``x_k..x_{n-1}`` given ``x_<k``; with every position scored, consecutive
+    differences give each token's own causal log-probability.
     """
-    t = _eligible(table)
-    ids = sorted(set(t["probe_id"].astype(str)))
-    full = table.sort_values(["probe_id", "position"])
-    num, den = [], []
-    for pid in ids:
-        rows = full[full["probe_id"].astype(str) == pid]
-        a = (rows["log_denominator"] - rows["surprisal_prompt"]).to_numpy(float)
-        lp = a - np.append(a[1:], 0.0)
-        keep = ~rows["excluded"].to_numpy(bool) & np.isfinite(lp)
-        num.append(float(-lp[keep].sum()))
-        den.append(float(keep.sum()))
-    return ids, np.array(num), np.array(den)
+    if "surprisal_prefix" in table and np.isfinite(table["surprisal_prefix"].to_numpy(float)).any():
+        return table
+    out = table.copy()
+    a = (out["log_denominator"] - out["surprisal_prompt"]).to_numpy(float)
+    prefix = np.full(len(out), np.nan)
+    for _, idx in out.groupby("probe_id", sort=False).indices.items():
+        order = idx[np.argsort(out["position"].to_numpy()[idx])]
+        pos = out["position"].to_numpy()[order]
+        if not np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos))):
+            continue  # not every position scored: leave NaN
+        lp = a[order] - np.append(a[order][1:], 0.0)
+        prefix[order] = -lp
+    out["surprisal_prefix"] = prefix
+    return out
 
 
 def all_signals() -> list[Signal]:
     """Every candidate signal the study measures."""
-    baseline = Signal("probe_nll", _probe_nll_per_probe,
-                      "mean causal NLL of the probe tokens (held-out loss on the probes; no attribution)")
-    return product_signals() + derived_signals() + [baseline]
+    return product_signals() + derived_signals()
 
 
 #: Signals for which a higher value is better (every other one: lower is better).

@@ -18,7 +18,7 @@ from benchmarks.validity.analysis import (
     spearman,
 )
 from benchmarks.validity.runs import load_record, probe_set_for
-from benchmarks.validity.signals import all_signals, lower_is_better
+from benchmarks.validity.signals import all_signals, lower_is_better, with_prefix_surprisal
 from probattr_monitor.io_utils import atomic_write_text
 from probattr_monitor.report import Report
 from probattr_monitor.sinks.files import step_dir_name
@@ -56,8 +56,9 @@ def load_run(run_dir: Path, signals) -> RunData | None:
             logger.warning("%s step %s: no report (%s)", run_dir.name, ck["step"], err)
             continue
         kept.append(ck)
+        table = with_prefix_surprisal(report.table)
         for s in signals:
-            _, n, d = s.per_probe(report.table)
+            _, n, d = s.per_probe(table)
             num[s.name].append(n)
             den[s.name].append(d)
     return RunData(
@@ -115,8 +116,9 @@ def truth_floor(out: Path, language, seed: int, spec: dict, signals) -> dict[str
         report = score_probe_set(TrueLM(language), word_tokenizer(language), probes, ScoringConfig(), step="truth")
         report.save(path, formats=("json",))
     values = {}
+    table = with_prefix_surprisal(report.table)
     for s in signals:
-        _, n, d = s.per_probe(report.table)
+        _, n, d = s.per_probe(table)
         values[s.name] = float(n.sum() / d.sum()) if d.sum() > 0 else float("nan")
     return values
 
@@ -205,7 +207,70 @@ def _f(x, nd=2) -> str:
     return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
 
 
+#: Signals given their own per-run tables (the paper's rule and the best candidates).
+KEY_SIGNALS = ("noise_rate", "mean_entropy_full", "mean_surprisal_prefix", "mean_surprisal_prompt",
+               "mean_surprisal_full")
+
+
+def render_per_run(summary: dict[str, Any]) -> str:
+    """Per run: Spearman (bootstrap interval over probes) and regret of the key signals, and validation loss."""
+    keys = [k for k in KEY_SIGNALS if k in summary["signals"]]
+    head = "| run | best step | val loss: ρ / regret | " + " | ".join(f"`{k}`: ρ [95% CI] / regret" for k in keys) + " |"
+    lines = [head, "|---" * (3 + len(keys)) + "|"]
+    for r in sorted(summary["runs"], key=lambda r: (r["regime"], r["language"], r["seed"])):
+        cells = [r["name"], str(r["best_step"]), f"{_f(r['val_loss']['spearman'])} / {_f(r['val_loss']['regret'])}"]
+        for k in keys:
+            m = r["signals"][k]
+            lo, hi = m["spearman_ci"]
+            cells.append(f"{_f(m['spearman'])} [{_f(lo)}, {_f(hi)}] / {_f(m['regret'])}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_forgetting(summary: dict[str, Any]) -> str:
+    """Forgetting runs: the general excess loss of the checkpoint each gate picks."""
+    runs = [r for r in summary["runs"] if r["regime"] == "forget"]
+    if not runs:
+        return ""
+    keys = [k for k in KEY_SIGNALS if k in summary["signals"]]
+    lines = ["| run | best (step, excess) | val loss picks | " + " | ".join(f"`{k}` picks" for k in keys) + " |",
+             "|---" * (3 + len(keys)) + "|"]
+    for r in sorted(runs, key=lambda r: (r["language"], r["seed"])):
+        best = int(np.argmin(r["excess"]))
+        cells = [r["name"], f"{r['steps'][best]}, {r['excess'][best]:.3f}",
+                 f"{r['val_loss']['picked_step']}, {r['val_loss']['picked_excess']:.3f}"]
+        for k in keys:
+            m = r["signals"][k]
+            cells.append("—" if m["picked_step"] is None else f"{m['picked_step']}, {m['picked_excess']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_resolution(summary: dict[str, Any]) -> str:
+    """Median probes needed to tell apart checkpoints whose excess loss differs by 10 %, per regime."""
+    regimes = sorted({r["regime"] for r in summary["runs"]})
+    keys = [k for k in KEY_SIGNALS if k in summary["signals"]]
+    lines = ["| signal | " + " | ".join(regimes) + " |", "|---" * (1 + len(regimes)) + "|"]
+    for k in keys:
+        cells = []
+        for g in regimes:
+            vals = np.array([r["signals"][k]["probes_needed_10pct"] for r in summary["runs"] if r["regime"] == g],
+                            float)
+            cells.append(_f(float(np.nanmedian(vals)), 0) if np.isfinite(vals).any() else "—")
+        lines.append(f"| `{k}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
+    return ("## Spearman with the true excess loss and gate regret, per regime\n\n" + render_aggregate(summary)
+            + "\n## Per run\n\n" + render_per_run(summary)
+            + "\n## Forgetting: general excess loss of the checkpoint each gate picks\n\n"
+            + render_forgetting(summary)
+            + "\n## Probes needed to resolve a 10 % difference in excess loss (median over pairs)\n\n"
+            + render_resolution(summary))
+
+
+def render_aggregate(summary: dict[str, Any]) -> str:
     regimes = sorted({r["regime"] for r in summary["runs"]})
     lines = ["| signal | " + " | ".join(f"{g}: Spearman median (min)" for g in regimes) + " | "
              + " | ".join(f"{g}: regret median (max)" for g in regimes) + " |",
