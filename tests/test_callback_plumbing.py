@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import math
 import warnings
 
 import pytest
@@ -71,7 +70,9 @@ def test_wandb_run_lookup_never_imports_wandb_for_auto(monkeypatch):
     assert wandb_run_for("auto", owner="X", no_run="none", framework_run=own) is own
 
 
-def test_failed_scoring_injects_nan_for_every_key_counts_included(tmp_path):
+def test_failed_scoring_injects_no_key_at_all(tmp_path):
+    # A scoring that produced nothing logs nothing: no eval_probattr_* key (issue 12; it used to inject NaN
+    # for every key, which HF's EarlyStoppingCallback then counted as an evaluation without improvement).
     from probattr_monitor.callbacks import ProbAttrTrainerCallback
 
     cb = ProbAttrTrainerCallback(probes=str(write_probes(tmp_path)), scoring=scoring(), wandb=False, plots=False)
@@ -84,6 +85,5 @@ def test_failed_scoring_injects_nan_for_every_key_counts_included(tmp_path):
     with pytest.warns(RuntimeWarning, match=r"scoring at step 4 \(evaluate\) failed: RuntimeError"):
         trainer.train()
     (record,) = [r for r in trainer.state.log_history if "eval_loss" in r]
-    injected = {k: v for k, v in record.items() if k.startswith("eval_probattr_")}
-    assert set(injected) == {f"eval_probattr_{n}" for n in scalar_names()}
-    assert all(math.isnan(v) for v in injected.values())
+    assert not any(k.startswith("eval_probattr_") for k in record)
+    assert [(h.step, h.status) for h in cb.history] == [(4, "failed")]

@@ -151,6 +151,52 @@ def test_wandb_sink_failure_warns_and_records(reports, offline_run):
     assert sink.failures and sink.failures[0]["step"] == 5 and sink.logged_steps == []
 
 
+def test_wandb_sink_warns_at_the_first_failure_only_and_says_whether_it_logged(reports, offline_run):
+    _, first, _ = reports
+    sink = WandbSink(offline_run, log_plots=False)
+    offline_run.finish()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert sink.log(first, 5) is False and sink.log(first, 6) is False
+    assert [str(w.message).startswith("probattr: logging step 5 to W&B failed") for w in record] == [True]
+    assert [f["step"] for f in sink.failures] == [5, 6]
+    quiet = WandbSink(offline_run, log_plots=False, warn=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert quiet.log(first, 7) is False
+    assert [f["step"] for f in quiet.failures] == [7]
+
+
+@pytest.mark.parametrize("how", ["active-run", "explicit-run"])
+def test_wandb_sink_treats_a_disabled_run_as_no_run(reports, offline_wandb, how):
+    """W&B's disabled run keeps nothing: logging to it would lose the report, so the sink says it did not log."""
+    from probattr_monitor.sinks.wandb import is_disabled_run
+
+    _, first, _ = reports
+    run = wandb.init(mode="disabled")
+    assert is_disabled_run(run)
+    sink = WandbSink(run if how == "explicit-run" else None, log_plots=False)
+    sink.setup({"fingerprint": "abc"})
+    assert sink.run is None
+    assert sink.log(first, 1) is False
+    assert sink.logged_steps == [] and sink.failures == []
+
+
+def test_wandb_sink_log_failure_records_the_errors_and_no_scalar(reports, offline_run):
+    _, first, _ = reports
+    sink = WandbSink(offline_run, log_scalars=True, log_plots=False)
+    assert sink.log_failure(4, {"p1": "ValueError: the model produced NaN logits"}) is True
+    assert sink.log(first, 8, log_scalars=False) is True  # a partial scoring: tables, no scalars
+    directory = run_dir(offline_run)
+    wandb.finish()
+    rows = [r for r in read_wandb_records(directory)["history"] if "probattr/step" in r]
+    assert [r["probattr/step"] for r in rows] == [4, 8]
+    assert not any(k.startswith("probattr/noise_rate") for r in rows for k in r)
+    errors = load_wandb_table(directory, rows[0], "probattr/errors")
+    assert errors["data"] == [["p1", "ValueError: the model produced NaN logits"]]
+    assert "probattr/tokens/_type" not in rows[0] and rows[1]["probattr/tokens/_type"] == "table-file"
+
+
 def test_wandb_sink_rejects_bad_settings():
     with pytest.raises(ValueError, match="max_rows_per_table"):
         WandbSink(max_rows_per_table=0)

@@ -70,29 +70,56 @@ How it fits the Trainer (read from ``transformers.Trainer``; docs/design.md sect
 * Training is never disturbed: scoring runs under
   :func:`~probattr_monitor.monitor.training_state_guard` (RNG states, module
   modes, grad mode, autocast restored), so a run ends with bit-identical
-  weights with or without the callback. A scoring failure warns, is recorded
-  in :attr:`ProbAttrTrainerCallback.failures`, and injects NaN for every key
-  (metrics, intervals and counts; never a best model; counts against
-  early-stopping patience). Warnings come from global rank 0 only. Bad configuration
-  raises ``ValueError`` before the first step: unknown probe set or unreadable
-  file (at construction), impossible schedule (at construction), a
-  ``metric_for_best_model`` probattr key that is never produced, scoring only
-  on evaluation with ``eval_strategy="no"``, no tokenizer, a probe longer than
-  the model's context (``on_init_end`` / ``on_train_begin``).
+  weights with or without the callback.
+* A scoring that produced nothing (it raised, or no probe could be scored, e.g.
+  NaN logits) warns once from global rank 0, is recorded in
+  :attr:`ProbAttrTrainerCallback.failures`, in the history (status
+  ``"failed"``) and by the report sinks (W&B ``errors`` table, files), and moves
+  no gate: no ``eval_probattr_*`` key is injected, except the
+  ``metric_for_best_model`` key when it is a probattr one, which the Trainer
+  requires: it is set to NaN (never a best value, so ``best_metric``,
+  ``best_model_checkpoint``, ``save_strategy="best"`` and
+  ``load_best_model_at_end`` are unaffected), and ``EarlyStoppingCallback``'s
+  patience counter and a ``ReduceLROnPlateau`` scheduler are kept exactly where
+  they were (:mod:`~probattr_monitor.callbacks.hf_gates`). A *partial* scoring
+  (some probes failed or were skipped by the time budget) is treated the same
+  way for the gates, since its value over fewer probes is not comparable with a
+  complete one's; its report still goes to the sinks (W&B tables without
+  scalars; files) with status ``"partial"``.
+* W&B unavailable never loses a report: a disabled run (``WANDB_MODE=disabled``)
+  counts as no run, and a report W&B does not take is written to files
+  (``<output_dir>/probattr``), each said once
+  (:mod:`~probattr_monitor.callbacks.routing`).
+* Bad configuration raises ``ValueError`` before the first step: unknown probe
+  set or unreadable file (at construction), impossible schedule, bad
+  ``time_budget_s`` (at construction), a ``metric_for_best_model`` probattr key
+  that is never produced, scoring only on evaluation with ``eval_strategy="no"``,
+  no tokenizer, a probe (with its fixed response, or ``max_new_tokens``) longer
+  than the model's context (``on_init_end`` / ``on_train_begin``), a model that
+  is not a causal LM returning ``[batch, seq, vocab]`` logits (a 2-token trial
+  forward at ``on_train_begin``, under the training-state guard).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Any, Optional
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from probattr_monitor.callbacks.common import check_monitor, record_scoring_failure, wandb_run_for
-from probattr_monitor.callbacks.hf_checks import check_args, check_callback_order, eval_key
+from probattr_monitor.callbacks.common import (
+    check_monitor,
+    failed_report,
+    record_scoring_failure,
+    trial_forward,
+    wandb_run_for,
+    warn_incomplete_scoring,
+)
+from probattr_monitor.callbacks.hf_checks import check_args, check_callback_order, eval_key, probattr_metric
+from probattr_monitor.callbacks.hf_gates import EvaluationHold, trainer_callbacks
+from probattr_monitor.callbacks.routing import ReportRouter, usable_run
 from probattr_monitor.distributed import gatherer, rank_zero_warn
 from probattr_monitor.monitor import HistoryEntry, ProbAttrMonitor, Schedule
 from probattr_monitor.monitor.keys import scalar_names
@@ -100,7 +127,7 @@ from probattr_monitor.monitor.run_config import RunConfig
 from probattr_monitor.report import Report
 from probattr_monitor.scoring import ScoringConfig
 from probattr_monitor.sinks import FileSink, WandbSink
-from probattr_monitor.sinks.wandb import is_wandb_run
+from probattr_monitor.sinks.wandb import is_disabled_run, is_wandb_run
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +194,10 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         starts (the run of HF's ``WandbCallback`` with ``report_to=["wandb"]``,
         or your own ``wandb.init``; online or offline), else write files.
         ``True``: require an active run (raises before training otherwise).
-        ``False``: never use W&B. A run object: log to that run.
+        ``False``: never use W&B. A run object: log to that run. A disabled
+        run (``WANDB_MODE=disabled``) keeps nothing and counts as no run: the
+        files take the reports (one warning), as they take any report W&B
+        refuses (``run.log`` raised...).
     log_dir : str or path, optional
         Directory of the file sink. Default: ``<output_dir>/probattr``, used only
         when W&B is not; an explicit ``log_dir`` is always written.
@@ -180,7 +210,10 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
     monitor : ProbAttrMonitor
         Holds the history (``monitor.state.history``), best value and step.
     failures : list of dict
-        ``{"step", "event", "error"}`` of every scoring that raised.
+        ``{"step", "event", "error"}`` of every scoring that failed (raised, or
+        scored no probe).
+    report_failures : list of dict
+        ``{"step", "event", "error"}`` of every report a sink did not take.
     last_report : Report or None
         The most recent report scored by this process.
     """
@@ -217,14 +250,15 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         self.plots = bool(plots)
         self.failures: list[dict] = []
         self.last_report: Optional[Report] = None
-        self._failed_steps: set[int] = set()
         self._eval_round: tuple[Optional[int], set] = (None, set())
+        self._hold = EvaluationHold()
+        self._callbacks: Optional[list] = None
+        self._checked_model: Optional[int] = None
+        self._router: Optional[ReportRouter] = None
         self._is_zero = True
         self._rank = 0
         self._world_size = 1
         self._shard = True
-        self._wandb_sink: Any = None
-        self._file_sink: Any = None
         self._config: Optional[dict] = None
         self._ready = False
 
@@ -249,6 +283,10 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
     def best_value(self) -> Optional[float]:
         return self.monitor.state.best_value
 
+    @property
+    def report_failures(self) -> list[dict]:
+        return [] if self._router is None else list(self._router.failures)
+
     # ------------------------------------------------------------------ ExportableState
     def state(self) -> dict:
         """What each checkpoint's ``trainer_state.json`` stores under ``stateful_callbacks``.
@@ -269,7 +307,6 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         if monitor_state:
             self.monitor.load_state_dict(monitor_state)
         self.failures = list(attrs.get("failures", []))
-        self._failed_steps = set()
 
     # ------------------------------------------------------------------ validation
     def _check_args(self, args: Any, *, training: bool) -> None:
@@ -290,14 +327,35 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
     def on_init_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         self._check_args(args, training=False)
         self._check_order(args, state)
+        self._callbacks = trainer_callbacks(self) or self._callbacks
         tok = self._tokenizer(processing_class)
         if model is not None and tok is not None:
             self.monitor.setup(model, tok)
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        self._callbacks = trainer_callbacks(self) or self._callbacks
+        self._hold.release(state)
         self._prepare(args, state, model, processing_class, training=True)
         if state.global_step > 0:
             self._restore(state)
+        if (probattr_metric(args, self.prefix) is not None and self._callbacks is None
+                and "EarlyStoppingCallback" in (getattr(state, "stateful_callbacks", None) or {})):
+            rank_zero_warn("probattr: the Trainer's callbacks could not be read from this transformers release, so "
+                           "EarlyStoppingCallback will count a failed scoring as an evaluation without improvement",
+                           RuntimeWarning)
+
+    # The hold of a failed evaluation is released at the next event after it (EarlyStoppingCallback has run).
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._hold.release(state)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._hold.release(state)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._hold.release(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._hold.release(state)
 
     def _prepare(self, args: Any, state: Any, model: Any, processing_class: Any, *, training: bool) -> None:
         """Checks, tokenizer, ranks and sinks: at train begin, or at an evaluation outside training."""
@@ -310,6 +368,7 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
                              "a processing_class")
         if model is not None:
             self.monitor.setup(model, tok)
+            self._check_model(model, tok)
         else:
             self.monitor.tokenizer = tok
         self._is_zero = bool(state.is_world_process_zero)
@@ -320,6 +379,17 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         if self._is_zero:
             self._open_sinks(args)
         self._ready = True
+
+    def _check_model(self, model: Any, tokenizer: Any) -> None:
+        """Raise ``ValueError`` unless ``model`` runs as a causal LM (a 2-token trial forward, once per model)."""
+        if self._checked_model == id(model):
+            return
+        problem = trial_forward(model, tokenizer)
+        if problem:
+            raise ValueError(f"ProbAttrTrainerCallback cannot score the Trainer's model ({type(model).__name__}): it "
+                             f"must be a causal LM whose forward(input_ids=...) returns [batch, seq, vocab] `.logits` "
+                             f"(any *ForCausalLM); {problem}")
+        self._checked_model = id(model)
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         sched = self.monitor.schedule
@@ -345,12 +415,18 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         step = int(state.global_step)
         if not self._first_of_round(step, metrics):
             return
+        self._hold.release(state)
         if not self._ready:  # trainer.evaluate() before (or without) train()
             self._prepare(args, state, model, processing_class, training=False)
         entry = self._entry(step)
         if entry is None and self.monitor.schedule.on_validation_end:
             entry = self._score(state, model, "evaluate")
-        if entry is None and not (self.monitor.schedule.on_validation_end or step in self._failed_steps):
+        if entry is None:
+            return
+        if not entry.complete:  # nothing comparable: inject nothing, keep every gate where it was
+            metric = probattr_metric(args, self.prefix)
+            if metric is not None:
+                self._hold.hold(self.hf_key(metric), metrics, state, self._callbacks, kwargs.get("lr_scheduler"))
             return
         logged_keys = list(metrics)
         values = self._hf_values(entry)
@@ -370,12 +446,7 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
                         len(self.monitor.state.history), self.best_value, self.best_step)
 
     def _entry(self, step: int) -> Optional[HistoryEntry]:
-        if not self.monitor.already_scored(step):
-            return None
-        for h in reversed(self.monitor.state.history):
-            if h.step == step:
-                return h
-        return None
+        return self.monitor.entry(step)
 
     def _first_of_round(self, step: int, metrics: dict) -> bool:
         """True for the first ``on_evaluate`` of one ``evaluate()`` call (one per eval dataset)."""
@@ -387,10 +458,8 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         seen.add(prefix)
         return False
 
-    def _hf_values(self, entry: Optional[HistoryEntry]) -> dict[str, float]:
+    def _hf_values(self, entry: HistoryEntry) -> dict[str, float]:
         head = f"{self.prefix}/"
-        if entry is None:
-            return {self.hf_key(k[len(head):]): math.nan for k in self.monitor.scalar_keys()}
         return {self.hf_key(k[len(head):]): float(v) for k, v in entry.scalars.items() if k.startswith(head)}
 
     @staticmethod
@@ -402,10 +471,10 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
                 record.update(values)
                 return
 
-    def _score(self, state: Any, model: Any, event: str) -> Optional[HistoryEntry]:
+    def _score(self, state: Any, model: Any, event: str) -> HistoryEntry:
         step = int(state.global_step)
         entry = self._entry(step)
-        if entry is not None or step in self._failed_steps:
+        if entry is not None:
             return entry
         try:
             if model is None:
@@ -416,14 +485,19 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
                 gather=gather, shard=self._shard,
             )
         except Exception as err:  # never disturb training for a scoring failure
+            entry = self.monitor.record_failure(step, f"{type(err).__name__}: {err}")
             record_scoring_failure(self.failures, step, event, err)
-            self._failed_steps.add(step)
-            logger.exception("probattr: scoring at step %d failed", step)
-            return None
+            logger.debug("probattr: scoring at step %d failed", step, exc_info=True)
+            if self._is_zero:
+                self._log(failed_report(self.monitor, step, entry.errors), step, entry)
+            return entry
         self.last_report = report
+        entry = self._entry(step)
+        if not entry.complete:
+            warn_incomplete_scoring(self.failures, entry, event, len(self.monitor.probe_set))
         if self._is_zero:
-            self._log(report, step)
-        return self._entry(step)
+            self._log(report, step, entry)
+        return entry
 
     # ------------------------------------------------------------------ sinks
     def _active_wandb_run(self) -> Any:
@@ -431,30 +505,33 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
                              no_run="ProbAttrTrainerCallback(wandb=True) but no W&B run is active: call wandb.init() "
                                     "or use TrainingArguments(report_to=['wandb'])")
 
+    @property
+    def sinks(self) -> list[Any]:
+        """The report sinks in use on this process (world process zero: W&B and/or files; others: none)."""
+        return [] if self._router is None else self._router.sinks
+
     def _open_sinks(self, args: Any) -> None:
-        run = self._active_wandb_run()  # raises for wandb=True without a run
-        if run is not None and self._wandb_sink is None:
-            self._make_wandb_sink()
-        if self._wandb_sink is not None:
-            self._wandb_sink.setup(self._config)
-        if self._file_sink is None and (self.log_dir is not None or self._wandb_sink is None):
-            directory = self.log_dir or os.path.join(args.output_dir, self.prefix)
-            self._file_sink = FileSink(directory, plots=self.plots)
-            self._file_sink.setup(self._config)
+        default_dir = os.path.join(args.output_dir, self.prefix)
+        if self._router is None:
+            run = self._active_wandb_run()  # raises for wandb=True without a run
+            run = usable_run(run, owner=type(self).__name__, files=self.log_dir or default_dir)
+            wandb_sink = self._make_wandb_sink() if run is not None else None
+            file_sink = None
+            if self.log_dir is not None or wandb_sink is None:
+                file_sink = FileSink(self.log_dir or default_dir, plots=self.plots)
+            self._router = ReportRouter(wandb_sink=wandb_sink, file_sink=file_sink, fallback_dir=default_dir,
+                                        file_kwargs={"plots": self.plots}, owner=type(self).__name__)
+        self._router.setup(self._config)
 
-    def _make_wandb_sink(self) -> None:
+    def _make_wandb_sink(self) -> WandbSink:
         run = self.wandb if is_wandb_run(self.wandb) else None  # None: follow wandb.run
-        self._wandb_sink = WandbSink(run, prefix=self.prefix, log_scalars=True, log_plots=self.plots)
+        return WandbSink(run, prefix=self.prefix, log_scalars=True, log_plots=self.plots, warn=False)
 
-    def _log(self, report: Report, step: int) -> None:
-        if self._wandb_sink is None and self.wandb == "auto" and self._active_wandb_run() is not None:
-            self._make_wandb_sink()  # a run started after on_train_begin
-            self._wandb_sink.setup(self._config or {})
-        if self._wandb_sink is not None:
-            self._wandb_sink.log(report, step)  # warns, never raises
-        if self._file_sink is not None:
-            try:
-                self._file_sink.log(report, step)
-            except Exception as err:
-                self.failures.append({"step": step, "event": "log_files", "error": f"{type(err).__name__}: {err}"})
-                rank_zero_warn(f"probattr: writing the report of step {step} failed: {err!r}", RuntimeWarning)
+    def _log(self, report: Report, step: int, entry: HistoryEntry) -> None:
+        if self._router is None:
+            return
+        if self._router.wandb_sink is None and self.wandb == "auto":
+            run = self._active_wandb_run()
+            if run is not None and not is_disabled_run(run):
+                self._router.add_wandb(self._make_wandb_sink())  # a run started after on_train_begin
+        self._router.log(report, step, entry)  # warns, never raises

@@ -27,8 +27,17 @@ import torch
 
 from probattr_monitor.callbacks import lightning_schedule as timing
 from probattr_monitor.callbacks._lightning_compat import Callback, generate_state_key, log_metrics_now, pl
-from probattr_monitor.callbacks.common import check_monitor, record_scoring_failure, require_wandb, wandb_run_for
+from probattr_monitor.callbacks.common import (
+    check_monitor,
+    failed_report,
+    record_scoring_failure,
+    require_wandb,
+    wandb_run_for,
+    warn_incomplete_scoring,
+)
+from probattr_monitor.callbacks.lightning_gates import GateHold
 from probattr_monitor.callbacks.lightning_model import context_model, find_causal_lm, forward_module
+from probattr_monitor.callbacks.routing import ReportRouter, usable_run
 from probattr_monitor.distributed import broadcast_object, dist_ready, gatherer, rank_zero_warn
 from probattr_monitor.monitor import ProbAttrMonitor, Schedule
 from probattr_monitor.monitor.keys import scalar_keys, step_key
@@ -105,7 +114,10 @@ class ProbAttrCallback(Callback):
     wandb : bool or "auto"
         ``"auto"``: log tables and figures to W&B when a ``WandbLogger`` is
         attached or a ``wandb.run`` is active, else to files. ``True``: W&B
-        required (raises at setup without a run). ``False``: files only.
+        required (raises at setup without a run). ``False``: files only. A
+        disabled run (``WANDB_MODE=disabled``) keeps nothing and counts as no
+        run: files are written instead (one warning). A report W&B does not
+        take (``run.log`` raised...) is written to files too (one warning).
     log_dir : str or Path, optional
         Also (or, without W&B, instead of the default place) write every
         report, figure and a ``history.jsonl`` here. Without W&B and without
@@ -151,20 +163,36 @@ class ProbAttrCallback(Callback):
     Validation before training
     --------------------------
     At construction: unknown probe set, unreadable probe file, impossible
-    schedule. At ``setup``: a ``ModelCheckpoint``/``EarlyStopping`` whose
+    schedule, a bad ``time_budget_s``. At ``setup``: a ``ModelCheckpoint``/``EarlyStopping`` whose
     ``monitor`` starts with ``f"{prefix}/"`` but names a key this callback
-    never logs; ``wandb=True`` without a run; no tokenizer; a probe longer than
-    the model's context. When training starts: a schedule that can never fire,
-    or that leaves such a checkpoint/early-stopping callback reading a missing
-    or stale value. All raise ``ValueError`` (on every rank).
+    never logs; ``wandb=True`` without a run; no tokenizer. At fit start: no
+    causal LM found, a probe (with its fixed response, or ``max_new_tokens``)
+    longer than the model's context. When training starts: a schedule that can
+    never fire in this run (the message names the setting: e.g.
+    ``check_val_every_n_epoch=5`` with ``max_epochs=2``, ``max_steps`` ending
+    the run before the first validation, ``every_n_steps`` beyond the run), or
+    that leaves such a checkpoint/early-stopping callback reading a missing
+    or stale value. All raise ``ValueError`` (on every rank) before the first
+    training step.
 
     Never disturbing training
     -------------------------
     Scoring runs under :func:`~probattr_monitor.monitor.training_state_guard`
     (RNG states, module modes, grad mode, autocast, TF32 restored) and
     ``torch.no_grad``; the weights of a run with the callback are bit-identical
-    to those of the same run without it. A scoring failure warns and is
-    recorded in :attr:`failures`; it never stops training.
+    to those of the same run without it. A scoring failure (it raised, or no
+    probe could be scored, e.g. NaN logits) warns once from rank 0, is recorded
+    in :attr:`failures`, in the history (status ``"failed"``) and in the report
+    sinks, and moves no gate: nothing is logged for it, the probattr keys are
+    removed from ``trainer.callback_metrics``, and until the next scoring every
+    ``EarlyStopping`` / ``ModelCheckpoint`` / ``ReduceLROnPlateau`` watching a
+    probattr key skips its check (:class:`~probattr_monitor.callbacks.lightning_gates.GateHold`):
+    no early stop, no patience used, no checkpoint ranked, no crash for the
+    missing key at their defaults. A *partial* scoring (some probes failed or
+    were skipped by ``time_budget_s``) is treated the same way for the gates
+    (its value, over fewer probes, is not comparable with a complete one's),
+    while its report is written to the sinks and its history entry has
+    status ``"partial"``. Training never stops for a scoring.
 
     Resuming
     --------
@@ -266,7 +294,8 @@ class ProbAttrCallback(Callback):
         self._file_formats = tuple(file_formats)
         if self.log_dir is not None:
             FileSink(self.log_dir, formats=self._file_formats, plots=self.log_plots)
-        self.sinks: list[Any] = []
+        self._router: Optional[ReportRouter] = None
+        self._gates = GateHold()
         self._model: Optional[torch.nn.Module] = None
         self._attempted: set[int] = set()
         #: ``{"step", "event", "error"}`` of every scoring that failed (warned; training went on).
@@ -314,8 +343,18 @@ class ProbAttrCallback(Callback):
 
     @property
     def history(self) -> list:
-        """The monitor's history (one entry per scored step), restored on resume."""
+        """The monitor's history (one entry per scored step, failed and partial ones included), restored on resume."""
         return list(self.monitor.state.history)
+
+    @property
+    def sinks(self) -> list[Any]:
+        """The report sinks in use on this process (rank 0: W&B and/or files; other ranks: none)."""
+        return [] if self._router is None else self._router.sinks
+
+    @property
+    def report_failures(self) -> list[dict]:
+        """``{"step", "event", "error"}`` of every report a sink did not take (W&B refused it, a file write failed)."""
+        return [] if self._router is None else list(self._router.failures)
 
     def config(self) -> dict[str, Any]:
         """What the run config records: :class:`~probattr_monitor.monitor.run_config.RunConfig` of the monitor."""
@@ -374,10 +413,8 @@ class ProbAttrCallback(Callback):
         problem = None
         if trainer.is_global_zero:
             try:
-                self.sinks = self._make_sinks(trainer, default_dir / self.monitor.prefix)
-                config = self.config()
-                for sink in self.sinks:
-                    sink.setup(config)
+                self._router = self._make_router(trainer, default_dir / self.monitor.prefix)
+                self._router.setup(self.config())
             except (ValueError, TypeError, OSError) as err:
                 problem = f"ProbAttrCallback: setting up the logging sinks failed: {err}"
         self._agree(trainer, problem)
@@ -390,24 +427,26 @@ class ProbAttrCallback(Callback):
     def _has_wandb_logger(trainer: "pl.Trainer") -> bool:
         return any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers)
 
-    def _make_sinks(self, trainer: "pl.Trainer", default_dir: Path) -> list[Any]:
-        sinks: list[Any] = []
+    def _make_router(self, trainer: "pl.Trainer", default_dir: Path) -> ReportRouter:
         logger_run = None
         if self.wandb is not False:
             logger_run = next((lg.experiment for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"), None)
         run = wandb_run_for(self.wandb, owner=type(self).__name__, framework_run=logger_run,
                             no_run="ProbAttrCallback(wandb=True) found no W&B run: attach a WandbLogger or call "
                                    "wandb.init() before trainer.fit()")
+        run = usable_run(run, owner=type(self).__name__, files=self.log_dir or default_dir)  # disabled: no run
         via_logger = run is not None and run is logger_run
+        wandb_sink = None
         if run is not None:
             # With a WandbLogger the scalars reach W&B through Lightning; with the user's own run they don't.
-            sinks.append(WandbSink(run, log_scalars=not via_logger, **self._wandb_sink_args))
+            wandb_sink = WandbSink(run, log_scalars=not via_logger, warn=False, **self._wandb_sink_args)
         directory = self.log_dir
         if directory is None and run is None:
             directory = default_dir
-        if directory is not None:
-            sinks.append(FileSink(directory, formats=self._file_formats, plots=self.log_plots))
-        return sinks
+        file_kwargs = {"formats": self._file_formats, "plots": self.log_plots}
+        file_sink = FileSink(directory, **file_kwargs) if directory is not None else None
+        return ReportRouter(wandb_sink=wandb_sink, file_sink=file_sink, fallback_dir=default_dir,
+                            file_kwargs=file_kwargs, owner=type(self).__name__)
 
     # ------------------------------------------------------------------ lightning hooks: scoring
     def _fitting(self, trainer: "pl.Trainer") -> bool:
@@ -447,6 +486,7 @@ class ProbAttrCallback(Callback):
         if self.monitor.already_scored(step) or step in self._attempted:
             return
         self._attempted.add(step)
+        self._gates.release()  # a new scoring: the gates read its value (or are held again)
         if self._model is None:  # fit started without on_fit_start (should not happen)
             self._model = self._resolve_model(pl_module, self.monitor.tokenizer, trainer)
         gather = gatherer(trainer.world_size)
@@ -459,25 +499,37 @@ class ProbAttrCallback(Callback):
                 world_size=trainer.world_size, gather=gather, shard=shard,
             )
         except Exception as err:  # noqa: BLE001 - scoring must never stop training
+            entry = self.monitor.record_failure(step, f"{type(err).__name__}: {err}", time.perf_counter() - started)
             record_scoring_failure(self.failures, step, event, err)
+            self._gates.hold(trainer, self.monitor.prefix, logged_keys(self.monitor.prefix))
+            if trainer.is_global_zero and self._router is not None:
+                self._router.log(failed_report(self.monitor, step, entry.errors), step, entry)
             return
         score_s = time.perf_counter() - started
         self.last_report = report
-        errors = report.meta.get("errors") or {}
-        if errors:
-            rank_zero_warn(f"probattr: {len(errors)} probe(s) failed at step {step}: "
-                           + "; ".join(f"{k}: {v}" for k, v in list(errors.items())[:3]), RuntimeWarning)
+        entry = self.monitor.entry(step)
+        status = entry.status
         scalars = {step_key(self.monitor.prefix): float(step)}
         scalars.update(report.metrics.scalars(prefix=f"{self.monitor.prefix}/"))
         if distributed and not shard:
-            scalars = broadcast_object(scalars)  # identical values on every rank, whatever the arithmetic
+            # identical values and verdict on every rank, whatever the arithmetic (a collective: every rank)
+            status, scalars = broadcast_object((status, scalars))
         started = time.perf_counter()
-        if trainer.is_global_zero:
-            for sink in self.sinks:  # W&B first: its step key precedes the scalars Lightning sends
-                sink.log(report, step)
-        self._log_scalars(trainer, pl_module, scalars, event)
+        if trainer.is_global_zero and self._router is not None:
+            self._router.log(report, step, entry)  # W&B first: its step key precedes the scalars Lightning sends
+        if status == "complete":
+            self._log_scalars(trainer, pl_module, scalars, event)
+        else:  # nothing comparable to gate on: log nothing, hold the gates until the next scoring
+            warn_incomplete_scoring(self.failures, entry, event, len(self.monitor.probe_set))
+            self._gates.hold(trainer, self.monitor.prefix, logged_keys(self.monitor.prefix))
         self.timings.append({"step": step, "event": event, "score_s": score_s,
                              "log_s": time.perf_counter() - started})
+
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._gates.release()
+
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        self._gates.release()
 
     def _log_scalars(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", scalars: dict[str, float],
                      event: str) -> None:

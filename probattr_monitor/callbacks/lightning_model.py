@@ -15,34 +15,9 @@ from typing import Any, Optional
 import torch
 
 from probattr_monitor.callbacks._lightning_compat import pl
-from probattr_monitor.engine.modes import scoring_mode
-from probattr_monitor.monitor import training_state_guard
-from probattr_monitor.tokenization import conditioning_token_id
+from probattr_monitor.callbacks.common import trial_forward
 
 __all__ = ["context_model", "find_causal_lm", "forward_module", "trial_forward", "transformers_children"]
-
-
-def trial_forward(model: torch.nn.Module, tokenizer: Any) -> Optional[str]:
-    """Run a 2-token forward; return why ``model`` is not a causal LM, or ``None`` if it is."""
-    tid = conditioning_token_id(tokenizer)
-    tid = 0 if tid is None else int(tid)
-    try:
-        device = next(iter(model.parameters())).device
-    except StopIteration:
-        device = torch.device("cpu")
-    ids = torch.tensor([[tid, tid]], device=device)
-    try:
-        with training_state_guard(model), scoring_mode(model):
-            try:
-                out = model(input_ids=ids)
-            except TypeError:
-                out = model(ids)
-    except Exception as err:  # noqa: BLE001 - reported to the user as a configuration error
-        return f"forward(input_ids=...) failed: {type(err).__name__}: {err}"
-    logits = getattr(out, "logits", None)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != (1, 2):
-        return f"forward(input_ids=...) returned {type(out).__name__} without [batch, seq, vocab] `.logits`"
-    return None
 
 
 def transformers_children(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:

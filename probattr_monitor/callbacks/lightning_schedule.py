@@ -28,7 +28,8 @@ from probattr_monitor.callbacks._lightning_compat import (
 from probattr_monitor.distributed import rank_zero_warn
 from probattr_monitor.monitor import Schedule
 
-__all__ = ["check_watched_keys", "checkpoint_due", "reads_at", "schedule_problem", "validation_runs", "watchers"]
+__all__ = ["check_watched_keys", "checkpoint_due", "never_fires", "reads_at", "schedule_problem", "validation_runs",
+           "watchers"]
 
 
 def watchers(trainer: "pl.Trainer", prefix: str) -> list[Any]:
@@ -116,34 +117,128 @@ def checkpoint_due(schedule: Schedule, trainer: "pl.Trainer", hook: str) -> bool
     return False
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _batches_bound(trainer: "pl.Trainer") -> float:
+    """An upper bound on the training batches this fit still runs (``inf`` when unknown)."""
+    bound = math.inf
+    max_steps = trainer.max_steps
+    if _finite(max_steps) and max_steps >= 0:
+        # each optimizer step takes at most `accumulate_grad_batches` batches (fewer at an epoch's end)
+        bound = max(0, max_steps - trainer.global_step) * max(1, int(trainer.accumulate_grad_batches or 1))
+    n_batches, max_epochs = trainer.num_training_batches, trainer.max_epochs
+    if _finite(n_batches) and _finite(max_epochs) and max_epochs >= 0:
+        bound = min(bound, max(0, max_epochs - trainer.current_epoch) * n_batches)
+    return bound
+
+
+def _epochs_bound(trainer: "pl.Trainer") -> float:
+    """An upper bound on the index + 1 of the last training epoch this fit reaches (``inf`` when unknown)."""
+    max_epochs = trainer.max_epochs
+    bound = max_epochs if _finite(max_epochs) and max_epochs >= 0 else math.inf
+    n_batches, batches = trainer.num_training_batches, _batches_bound(trainer)
+    if _finite(n_batches) and n_batches > 0 and _finite(batches):
+        bound = min(bound, trainer.current_epoch + math.ceil(batches / n_batches))
+    return bound
+
+
+def _first_epoch(every: int, current: int) -> int:
+    """The first 0-based epoch ``>= current`` whose end is every ``every``-th epoch's."""
+    return current + (-(current + 1)) % every
+
+
+def _max_steps_text(trainer: "pl.Trainer") -> str:
+    return f"max_steps={trainer.max_steps}" if _finite(trainer.max_steps) and trainer.max_steps >= 0 else ""
+
+
+def validation_never_runs(trainer: "pl.Trainer") -> Optional[str]:
+    """Why no validation loop runs during this fit, naming the settings; ``None`` if one may run.
+
+    Read at train start (``num_training_batches`` and ``val_check_batch`` are
+    known then). Only certain cases are reported: a time-based
+    ``val_check_interval`` or an unknown epoch length is assumed to validate.
+    """
+    if not validation_runs(trainer):
+        return ("no validation loop runs (no validation_step, no validation batches, or limit_val_batches=0)")
+    check_batch = getattr(trainer, "val_check_batch", None)
+    if check_batch is None:  # time-based val_check_interval
+        return None
+    every = trainer.check_val_every_n_epoch
+    n_batches = trainer.num_training_batches
+    bound = _batches_bound(trainer)
+    if every is not None:
+        first = _first_epoch(int(every), int(trainer.current_epoch))
+        epochs = _epochs_bound(trainer)
+        if first >= epochs:
+            limit = (f"max_epochs={trainer.max_epochs}" if epochs == trainer.max_epochs
+                     else f"{_max_steps_text(trainer)} ({n_batches} training batches per epoch) ends it in epoch "
+                          f"{int(epochs)}")
+            return (f"validation first runs at the end of epoch {first + 1} (check_val_every_n_epoch={every}) "
+                    f"but {limit}")
+        if _finite(check_batch) and _finite(n_batches) and trainer.global_step == 0:
+            needed = (first - trainer.current_epoch) * n_batches + check_batch
+            if needed > bound:
+                return (f"the first validation comes after {int(needed)} training batches (check_val_every_n_epoch="
+                        f"{every}, val_check_interval={trainer.val_check_interval}) but {_max_steps_text(trainer)} "
+                        f"ends the run after at most {int(bound)}")
+        return None
+    if _finite(check_batch) and trainer.global_step == 0 and check_batch > bound:
+        return (f"validation runs every {int(check_batch)} training batches (val_check_interval="
+                f"{trainer.val_check_interval}, check_val_every_n_epoch=None) but the run has at most {int(bound)} "
+                f"({_max_steps_text(trainer) or f'max_epochs={trainer.max_epochs}'})")
+    return None
+
+
+def never_fires(schedule: Schedule, trainer: "pl.Trainer") -> dict[str, str]:
+    """``{trigger: why it never fires in this run}`` for every trigger that is set; empty if one may fire."""
+    s = schedule
+    reasons: dict[str, str] = {}
+    try:
+        total_steps = trainer.estimated_stepping_batches
+    except Exception:  # noqa: BLE001 - unknown length: assume steps are reached
+        total_steps = math.inf
+    if s.every_n_steps:
+        if s.every_n_steps <= total_steps:
+            return {}
+        reasons["every_n_steps"] = (f"every_n_steps={s.every_n_steps} but the run has {total_steps} optimizer steps"
+                                    f" ({_max_steps_text(trainer) or f'max_epochs={trainer.max_epochs}'})")
+    if s.every_n_epochs:
+        epochs = _epochs_bound(trainer)
+        if _first_epoch(s.every_n_epochs, int(trainer.current_epoch)) < epochs:
+            return {}
+        limit = (f"max_epochs={trainer.max_epochs}" if epochs == trainer.max_epochs
+                 else f"{_max_steps_text(trainer)} ends it in epoch {int(epochs)}")
+        reasons["every_n_epochs"] = f"every_n_epochs={s.every_n_epochs} but {limit}"
+    if s.on_validation_end:
+        why = validation_never_runs(trainer)
+        if why is None:
+            return {}
+        reasons["on_validation_end"] = f"on_validation_end=True but {why}"
+    if s.on_save_checkpoint:
+        if list(trainer.checkpoint_callbacks):
+            return {}
+        reasons["on_save_checkpoint"] = "on_save_checkpoint=True but the run has no ModelCheckpoint"
+    return reasons
+
+
 def schedule_problem(schedule: Schedule, trainer: "pl.Trainer", prefix: str) -> Optional[str]:
     """Why ``schedule`` cannot serve this run (``None`` if it can).
 
-    A schedule that never fires, or a watcher of a ``prefix`` key that would
-    read a missing or stale value. A ``ModelCheckpoint`` with
-    ``train_time_interval`` is warned about (its saves cannot be anticipated).
+    A schedule that never fires (each trigger's reason names the setting that
+    prevents it: ``check_val_every_n_epoch``, ``max_epochs``, ``max_steps``...),
+    or a watcher of a ``prefix`` key that would read a missing or stale value.
+    A ``ModelCheckpoint`` with ``train_time_interval`` is warned about (its
+    saves cannot be anticipated).
     """
     s = schedule
     has_val = validation_runs(trainer)
     val_each_epoch_end = has_val and trainer.check_val_every_n_epoch == 1 and trainer.val_check_interval == 1.0
-    checkpoints = list(trainer.checkpoint_callbacks)
-    try:
-        max_steps = trainer.estimated_stepping_batches
-    except Exception:  # noqa: BLE001 - unknown length: assume steps are reached
-        max_steps = math.inf
-    max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else math.inf
-    fires = {
-        "every_n_steps": bool(s.every_n_steps) and s.every_n_steps <= max_steps,
-        "every_n_epochs": bool(s.every_n_epochs) and s.every_n_epochs <= max_epochs,
-        "on_validation_end": s.on_validation_end and has_val,
-        "on_save_checkpoint": s.on_save_checkpoint and bool(checkpoints),
-    }
-    if not any(fires.values()):
-        return (
-            f"impossible schedule for this run: {dataclasses.asdict(s)} never fires (validation runs: {has_val}, "
-            f"ModelCheckpoint callbacks: {len(checkpoints)}, estimated optimizer steps: {max_steps}, "
-            f"max_epochs: {trainer.max_epochs})"
-        )
+    reasons = never_fires(s, trainer)
+    if reasons:
+        return (f"impossible schedule for this run: ProbAttrCallback would never score: {'; '.join(reasons.values())}"
+                f" (schedule {dataclasses.asdict(s)})")
     for cb in watchers(trainer, prefix):
         reads = reads_at(cb, trainer)
         if reads == "time":

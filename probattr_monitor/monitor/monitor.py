@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from probattr_monitor.distributed import is_rank_zero
+from probattr_monitor.engine.text import encode_prompt
 from probattr_monitor.engine.validation import check_fits_context, context_limit
 from probattr_monitor.monitor.guard import training_state_guard
 from probattr_monitor.monitor.keys import scalar_keys
@@ -26,10 +29,40 @@ logger = logging.getLogger(__name__)
 
 MODES = ("min", "max")
 
+#: What a scoring produced (:attr:`HistoryEntry.status`).
+COMPLETE, PARTIAL, FAILED = "complete", "partial", "failed"
+STATUSES = (COMPLETE, PARTIAL, FAILED)
+
 
 @dataclass
 class HistoryEntry:
-    """One scoring run as remembered by the monitor (and saved in checkpoints)."""
+    """One scoring run as remembered by the monitor (and saved in checkpoints).
+
+    Attributes
+    ----------
+    step : int
+        The training step scored.
+    value : float
+        The tracked metric (NaN for a failed scoring).
+    scalars : dict
+        ``{prefix}/<name>`` scalars of the scoring (empty for a failed one).
+    fingerprint : str
+        The probe set's fingerprint.
+    seconds : float
+        Wall time of the scoring.
+    n_scored : int
+        Probes scored.
+    errors : dict
+        ``{probe_id: error}`` of the probes that failed or were skipped
+        (``{"<scoring>": error}`` when the scoring itself raised).
+    status : {"complete", "partial", "failed"}
+        ``"complete"``: every probe scored; only such a scoring is given to the
+        gates (``ModelCheckpoint``, ``EarlyStopping``, ``metric_for_best_model``)
+        and to :attr:`MonitorState.best_value`. ``"partial"``: some probes failed
+        or were skipped by the time budget; its values, over fewer probes, are
+        recorded and written to the report sinks but are not comparable with a
+        complete scoring's, so no gate sees them. ``"failed"``: nothing was scored.
+    """
 
     step: int
     value: float
@@ -38,6 +71,12 @@ class HistoryEntry:
     seconds: float
     n_scored: int
     errors: dict = field(default_factory=dict)
+    status: str = COMPLETE
+
+    @property
+    def complete(self) -> bool:
+        """Whether every probe was scored (the only scorings the gates see)."""
+        return self.status == COMPLETE
 
 
 @dataclass
@@ -67,6 +106,27 @@ class MonitorState:
         )
 
 
+def check_time_budget(time_budget_s: Any) -> Optional[float]:
+    """``time_budget_s`` as a float, after checking it is ``None`` or a positive, finite number of seconds.
+
+    Raises
+    ------
+    TypeError
+        Not a real number (a string, a bool...).
+    ValueError
+        NaN, infinite, zero or negative.
+    """
+    if time_budget_s is None:
+        return None
+    if isinstance(time_budget_s, bool) or not isinstance(time_budget_s, numbers.Real):
+        raise TypeError(f"time_budget_s must be None or a number of seconds, got {time_budget_s!r} "
+                        f"({type(time_budget_s).__name__})")
+    value = float(time_budget_s)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"time_budget_s must be None or a positive, finite number of seconds, got {time_budget_s!r}")
+    return value
+
+
 class ProbAttrMonitor:
     """Scores a fixed probe set with the model being trained and keeps the history.
 
@@ -93,6 +153,10 @@ class ProbAttrMonitor:
     time_budget_s : float, optional
         Stop scoring further probes of a run once this many seconds have passed
         (single-process runs only: under DDP every rank scores its whole shard).
+        ``None`` (no budget) or a positive, finite number of seconds. A scoring
+        cut short by the budget is *partial* (:attr:`HistoryEntry.status`):
+        recorded and written, but not given to the gates; size the budget to
+        score the whole set when a checkpoint or early-stopping callback gates on it.
     prefix : str
         Logged keys are ``f"{prefix}/{name}"``.
     """
@@ -113,8 +177,7 @@ class ProbAttrMonitor:
             raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if time_budget_s is not None and time_budget_s <= 0:
-            raise ValueError(f"time_budget_s must be positive, got {time_budget_s}")
+        time_budget_s = check_time_budget(time_budget_s)
         if not prefix or "/" in prefix.strip("/"):
             raise ValueError(f"prefix must be a non-empty name without '/', got {prefix!r}")
         self.probe_set: ProbeSet = load_probe_set(probes)  # raises on unknown set / bad file
@@ -128,7 +191,7 @@ class ProbAttrMonitor:
         self.time_budget_s = time_budget_s
         self.prefix = prefix.strip("/")
         self.state = MonitorState()
-        self._checked_for: Optional[int] = None
+        self._checked_for: Optional[tuple] = None
 
     # ------------------------------------------------------------------ keys
     @property
@@ -148,10 +211,14 @@ class ProbAttrMonitor:
     def setup(self, model: Any, tokenizer: Any = None) -> None:
         """Check, before training starts, that every probe can be scored with this model.
 
+        A probe needs its rendered prompt plus its response: the tokens of its
+        fixed response when it has one (as scoring counts them), else
+        ``scoring.max_new_tokens``.
+
         Raises
         ------
         ValueError
-            No tokenizer, or a probe (plus its response budget) longer than the
+            No tokenizer, or a probe (plus its response) longer than the
             model's context window.
         """
         if tokenizer is not None:
@@ -159,20 +226,30 @@ class ProbAttrMonitor:
         if self.tokenizer is None:
             raise ValueError("ProbAttrMonitor needs a tokenizer: pass tokenizer=... when creating it")
         limit = context_limit(model)
-        if limit is None or self._checked_for == limit:
+        if limit is None or self._checked_for == (limit, id(self.tokenizer)):
             return
         for probe in self.probe_set:
-            check_fits_context(model, len(render(probe, self.tokenizer).ids) + self.scoring.max_new_tokens,
-                               f"probe {probe.id!r} of {self.probe_set.name!r}",
-                               f"prompt + max_new_tokens={self.scoring.max_new_tokens}")
-        self._checked_for = limit
+            prompt = len(render(probe, self.tokenizer).ids)
+            if probe.response is not None:
+                response = len(encode_prompt(self.tokenizer, probe.response, add_bos=False))
+                counting = f"prompt {prompt} + fixed response {response}"
+            else:
+                response = self.scoring.max_new_tokens
+                counting = f"prompt {prompt} + max_new_tokens={response}"
+            check_fits_context(model, prompt + response, f"probe {probe.id!r} of {self.probe_set.name!r}", counting)
+        self._checked_for = (limit, id(self.tokenizer))
 
     # ------------------------------------------------------------------ running
     def already_scored(self, step: int) -> bool:
-        """Whether ``step`` has been scored (never score the same step twice)."""
-        return self.state.last_step is not None and step <= self.state.last_step and any(
-            h.step == step for h in self.state.history
-        )
+        """Whether ``step`` has been scored, successfully or not (never score the same step twice)."""
+        return self.entry(step) is not None
+
+    def entry(self, step: int) -> Optional[HistoryEntry]:
+        """The history entry of ``step`` (complete, partial or failed), or ``None`` if it was never scored."""
+        for h in reversed(self.state.history):
+            if h.step == step:
+                return h
+        return None
 
     def run(
         self,
@@ -189,7 +266,9 @@ class ProbAttrMonitor:
         Training state is left untouched (see
         :func:`~probattr_monitor.monitor.guard.training_state_guard`). A probe
         that fails is recorded in ``report.meta["errors"]`` with a warning; it
-        never raises out of here for a scoring failure.
+        never raises out of here for a scoring failure. The history entry of the
+        step (:meth:`entry`) says whether the scoring was complete, partial or
+        failed (also in ``report.meta["status"]``).
 
         Parameters
         ----------
@@ -225,28 +304,49 @@ class ProbAttrMonitor:
             scores, self.tokenizer, self.scoring, step=step, probe_set=self.probe_set,
             meta={"world_size": world_size, "sharded": bool(distributed and shard)},
         )
-        self._record(report, scores, step, time.monotonic() - started)
+        entry = self._record(report, scores, step, time.monotonic() - started)
+        report.meta["status"] = entry.status
         return report
 
-    def _record(self, report: Report, scores: list[ProbeScore], step: int, seconds: float) -> None:
-        value = float(report.metrics[self.metric].value)
-        entry = HistoryEntry(
-            step=int(step),
-            value=value,
-            scalars={k: float(v) for k, v in report.metrics.scalars(prefix=f"{self.prefix}/").items()},
-            fingerprint=self.probe_set.fingerprint,
-            seconds=float(seconds),
-            n_scored=sum(s.result is not None for s in scores),
-            errors=dict(report.meta.get("errors", {})),
-        )
+    def record_failure(self, step: int, error: str, seconds: float = 0.0) -> HistoryEntry:
+        """Record that scoring ``step`` raised ``error`` (a ``"failed"`` entry; no value, no best).
+
+        Callbacks call it when :meth:`run` itself raises, so that the history
+        holds every scoring, failed ones included.
+        """
+        entry = HistoryEntry(step=int(step), value=math.nan, scalars={}, fingerprint=self.probe_set.fingerprint,
+                             seconds=float(seconds), n_scored=0, errors={"<scoring>": str(error)}, status=FAILED)
+        self._add(entry)
+        logger.info("probattr: step %d: scoring failed: %s", step, error)
+        return entry
+
+    def _add(self, entry: HistoryEntry) -> None:
         self.state.history = [h for h in self.state.history if h.step != entry.step] + [entry]
-        self.state.last_step = int(step)
-        if value == value and (  # not NaN
+        self.state.last_step = int(entry.step)
+
+    def _record(self, report: Report, scores: list[ProbeScore], step: int, seconds: float) -> HistoryEntry:
+        n_scored = sum(s.result is not None for s in scores)
+        errors = dict(report.meta.get("errors", {}))
+        if n_scored == 0:
+            status = FAILED
+        elif errors or n_scored < len(self.probe_set):
+            status = PARTIAL
+        else:
+            status = COMPLETE
+        value = float(report.metrics[self.metric].value) if status != FAILED else math.nan
+        scalars = {} if status == FAILED else {
+            k: float(v) for k, v in report.metrics.scalars(prefix=f"{self.prefix}/").items()}
+        entry = HistoryEntry(step=int(step), value=value, scalars=scalars, fingerprint=self.probe_set.fingerprint,
+                             seconds=float(seconds), n_scored=n_scored, errors=errors, status=status)
+        self._add(entry)
+        if status == COMPLETE and math.isfinite(value) and (
             self.state.best_value is None
             or (value < self.state.best_value if self.mode == "min" else value > self.state.best_value)
         ):
             self.state.best_value, self.state.best_step = value, int(step)
-        logger.info("probattr: step %d %s=%.4f (%d probes, %.1f s)", step, self.metric, value, entry.n_scored, seconds)
+        logger.info("probattr: step %d %s=%.4f (%s: %d of %d probes, %.1f s)", step, self.metric, value, status,
+                    n_scored, len(self.probe_set), seconds)
+        return entry
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

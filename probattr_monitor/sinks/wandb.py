@@ -11,7 +11,10 @@ W&B pitfalls this sink is built around (docs/design.md section 5):
   token table is split into ``tokens_part1 .. tokens_partN`` past the cap;
 * tables come from one process only: on a distributed run only global rank 0
   logs (the caller should also only call it there);
-* offline mode (``WANDB_MODE=offline``) works with no server.
+* offline mode (``WANDB_MODE=offline``) works with no server;
+* a *disabled* run (``WANDB_MODE=disabled``, ``wandb.init(mode="disabled")``)
+  is W&B's no-op run: it takes every call and keeps nothing, so it counts as no
+  run at all (:func:`is_disabled_run`); the callbacks then write files.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from probattr_monitor.report.figures import DEFAULT_MAX_TOKEN_PLOTS, render_plot
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WandbSink", "current_run", "is_wandb_run", "table_keys"]
+__all__ = ["WandbSink", "current_run", "is_disabled_run", "is_wandb_run", "table_keys"]
 
 
 def current_run(*, import_wandb: bool = True) -> Any:
@@ -64,6 +67,20 @@ def is_wandb_run(obj: Any) -> bool:
         getattr(obj, "define_metric", None))
 
 
+def is_disabled_run(run: Any) -> bool:
+    """Whether ``run`` is W&B's disabled no-op run (``WANDB_MODE=disabled`` or ``wandb.init(mode="disabled")``).
+
+    Such a run accepts ``log``, ``define_metric`` and ``config.update`` and
+    keeps nothing: logging to it loses the report.
+    """
+    if run is None:
+        return False
+    if getattr(run, "disabled", False) is True:
+        return True
+    mode = getattr(getattr(run, "settings", None), "mode", None)
+    return isinstance(mode, str) and mode == "disabled"
+
+
 def _check_prefix(prefix: str) -> str:
     if not isinstance(prefix, str) or not prefix.strip("/") or "/" in prefix.strip("/"):
         raise ValueError(f"prefix must be a non-empty name without '/', got {prefix!r}")
@@ -87,7 +104,8 @@ class WandbSink:
         The run to log to (e.g. ``WandbLogger.experiment``). ``None``: the
         active ``wandb.run`` at call time (a run created by ``wandb.init``,
         by Lightning's ``WandbLogger`` or by HF's ``WandbCallback``). Without an
-        active run every call is a no-op (logged once at debug level).
+        active run, or with a disabled one (:func:`is_disabled_run`), every
+        call is a no-op that returns ``False`` (logged once at debug level).
     prefix : str
         Keys are ``f"{prefix}/..."``.
     log_scalars : bool
@@ -101,6 +119,10 @@ class WandbSink:
     log_plots : bool
         Attach the figures (entropy vs AS, KL vs AS, tokens coloured by AS for
         the first ``max_token_plots`` probes) as ``wandb.Image``.
+    warn : bool
+        Warn (``RuntimeWarning``) at the first call that fails; later failures
+        are only recorded in :attr:`failures`. ``False``: never warn (the
+        callbacks say it themselves, with where the report went instead).
 
     What one :meth:`log` call writes (a single ``wandb.log``, no ``step=``)::
 
@@ -126,6 +148,7 @@ class WandbSink:
         max_rows_per_table: int = 10_000,
         log_plots: bool = True,
         max_token_plots: int = DEFAULT_MAX_TOKEN_PLOTS,
+        warn: bool = True,
     ) -> None:
         self.prefix = _check_prefix(prefix)
         if isinstance(max_rows_per_table, bool) or not isinstance(max_rows_per_table, int) or max_rows_per_table < 1:
@@ -141,6 +164,8 @@ class WandbSink:
         self._set_up: set = set()
         self._said_no_run = False
         self._plots_unavailable = False
+        self.warn = bool(warn)
+        self._warned = False
         #: ``{"step": ..., "error": ...}`` for every call that failed (warned, not raised).
         self.failures: list[dict] = []
         #: Steps logged so far by this sink.
@@ -152,13 +177,18 @@ class WandbSink:
         return f"{self.prefix}/step"
 
     def _resolve_run(self) -> Any:
-        if self._run is not None:
-            return self._run
-        run = current_run()
+        run = self._run if self._run is not None else current_run()
+        if is_disabled_run(run):
+            run = None
         if run is None and not self._said_no_run:
-            logger.debug("probattr: no active W&B run; the W&B sink does nothing")
+            logger.debug("probattr: no active (enabled) W&B run; the W&B sink does nothing")
             self._said_no_run = True
         return run
+
+    @property
+    def run(self) -> Any:
+        """The run :meth:`log` would log to now (``None``: no active run, or a disabled one)."""
+        return self._resolve_run()
 
     def _apply_setup(self, run: Any) -> None:
         ident = getattr(run, "id", None) or id(run)
@@ -191,8 +221,12 @@ class WandbSink:
             self._apply_setup(run)
 
     # ------------------------------------------------------------------ logging
-    def payload(self, report: Report, step: int, *, image_dir: Optional[Path] = None) -> dict[str, Any]:
-        """The dict one :meth:`log` call passes to ``wandb.log`` (images need ``image_dir``)."""
+    def payload(self, report: Report, step: int, *, image_dir: Optional[Path] = None,
+                log_scalars: Optional[bool] = None) -> dict[str, Any]:
+        """The dict one :meth:`log` call passes to ``wandb.log`` (images need ``image_dir``).
+
+        ``log_scalars`` overrides the sink's setting for this call.
+        """
         import wandb
 
         p = self.prefix
@@ -220,23 +254,65 @@ class WandbSink:
             else:
                 for name, path in plots.items():
                     data[f"{p}/plots/{name}"] = wandb.Image(str(path))
-        if self.log_scalars:
+        if self.log_scalars if log_scalars is None else log_scalars:
             data.update(report.metrics.scalars(prefix=f"{p}/"))
         return data
 
-    def log(self, report: Report, step: int) -> None:
-        """Log one scoring in a single ``wandb.log`` call; never raises for a logging failure."""
+    def log(self, report: Report, step: int, *, log_scalars: Optional[bool] = None) -> bool:
+        """Log one scoring in a single ``wandb.log`` call; never raises for a logging failure.
+
+        Parameters
+        ----------
+        report : Report
+        step : int
+        log_scalars : bool, optional
+            Overrides the sink's ``log_scalars`` for this call (the callbacks
+            pass ``False`` for a partial scoring, whose values no chart should
+            show beside complete ones).
+
+        Returns
+        -------
+        bool
+            Whether W&B took the report: ``False`` without an (enabled) run,
+            off rank 0, or when the call failed (recorded in :attr:`failures`).
+        """
+        def build(tmp: Path) -> dict[str, Any]:
+            return self.payload(report, step, image_dir=tmp, log_scalars=log_scalars)
+
+        return self._log(step, build)
+
+    def log_failure(self, step: int, errors: dict) -> bool:
+        """Record a scoring that produced nothing: ``{prefix}/step`` and the ``{prefix}/errors`` table, no scalars.
+
+        Returns whether W&B took it (as :meth:`log`).
+        """
+        def build(tmp: Path) -> dict[str, Any]:
+            import wandb
+
+            rows = [[str(k), str(v)] for k, v in (errors or {"<scoring>": "nothing was scored"}).items()]
+            return {self.step_key: int(step), f"{self.prefix}/errors": wandb.Table(columns=["probe_id", "error"],
+                                                                                   data=rows)}
+
+        return self._log(step, build)
+
+    def _log(self, step: int, build: Any) -> bool:
         try:
             if not is_rank_zero():
-                return
+                return False
             run = self._resolve_run()
             if run is None:
-                return
+                return False
             self._apply_setup(run)
             with tempfile.TemporaryDirectory(prefix="probattr-wandb-") as tmp:
-                data = self.payload(report, step, image_dir=Path(tmp))
-                run.log(data)  # no step=: W&B's counter stays in charge; f"{prefix}/step" is the x-axis
+                run.log(build(Path(tmp)))  # no step=: W&B's counter stays in charge; f"{prefix}/step" is the x-axis
             self.logged_steps.append(int(step))
+            return True
         except Exception as err:
             self.failures.append({"step": int(step), "error": f"{type(err).__name__}: {err}"})
-            warnings.warn(f"probattr: logging step {step} to W&B failed: {err!r}", RuntimeWarning, stacklevel=2)
+            if self.warn and not self._warned:
+                self._warned = True
+                warnings.warn(f"probattr: logging step {step} to W&B failed: {err!r}; later failures are recorded "
+                              "in WandbSink.failures", RuntimeWarning, stacklevel=3)
+            else:
+                logger.debug("probattr: logging step %s to W&B failed: %r", step, err)
+            return False
