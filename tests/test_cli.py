@@ -172,11 +172,13 @@ def test_select_best_passing_checkpoint(scored, capsys):
     low, high = (a, b) if va < vb else (b, a)
     gate = (va + vb) / 2
 
-    code, out, _ = _run(capsys, "select", a, b, "--metric", "mean_entropy_full", "--max", 1e9)
+    # mean_entropy_full declares no direction of its own: --mode is required
+    code, out, _ = _run(capsys, "select", a, b, "--metric", "mean_entropy_full", "--max", 1e9, "--mode", "min")
     assert code == 0 and out.startswith(f"selected: {low}")
     code, out, _ = _run(capsys, "select", a, b, "--metric", "mean_entropy_full", "--max", 1e9, "--mode", "max")
     assert code == 0 and out.startswith(f"selected: {high}")
-    code, out, _ = _run(capsys, "select", a, b, "--metric", "mean_entropy_full", "--min", gate, "--json")
+    code, out, _ = _run(capsys, "select", a, b, "--metric", "mean_entropy_full", "--min", gate, "--mode", "min",
+                        "--json")
     data = json.loads(out)
     assert code == 0 and data["selected"] == str(high)
     assert [c["passes"] for c in data["checkpoints"]] == [high == a, high == b]

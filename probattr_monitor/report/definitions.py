@@ -46,6 +46,28 @@ HIGHER_IS_BETTER: dict[str, Optional[bool]] = {
     "mean_surprisal_full": False,
 }
 
+#: The metric the monitor, both callbacks and ``probattr select`` gate on by default:
+#: the one the signal-validity study (docs/validation.md) found to track true
+#: convergence best. ``noise_rate`` is the paper's rule, kept under its own name.
+DEFAULT_GATE_METRIC = "mean_surprisal_prefix"
+
+
+def gate_mode(metric: str) -> str:
+    """``"min"`` or ``"max"``: how a gate on ``metric`` picks the best checkpoint, from its direction.
+
+    Raises
+    ------
+    ValueError
+        An unknown metric, or one with no declared direction (pass ``mode=`` explicitly).
+    """
+    if metric not in HIGHER_IS_BETTER:
+        raise ValueError(f"unknown metric {metric!r}; known: {METRIC_NAMES}")
+    higher = HIGHER_IS_BETTER[metric]
+    if higher is None:
+        raise ValueError(f"metric {metric!r} has no better direction of its own: pass mode='min' or mode='max'")
+    return "max" if higher else "min"
+
+
 #: ``metric -> (numerator field, denominator field)`` of :class:`ProbeMetrics`.
 RATIO_FIELDS: dict[str, tuple[str, str]] = {
     "noise_rate": ("n_noise", "n_tokens"),
