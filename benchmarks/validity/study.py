@@ -166,7 +166,7 @@ def write_summary(summary: dict[str, Any], out: Path) -> None:
 
 
 #: Signals drawn in the per-run figures.
-PLOTTED = ("noise_rate", "mean_entropy_full", "mean_surprisal_prompt", "mean_surprisal_full")
+PLOTTED = ("noise_rate", "mean_entropy_full", "mean_surprisal_prefix", "mean_surprisal_prompt")
 
 
 def plot_runs(summary: dict[str, Any], directory: Path) -> list[Path]:
@@ -189,7 +189,7 @@ def plot_runs(summary: dict[str, Any], directory: Path) -> list[Path]:
                 floor = r.get("truth", {}).get(name)
                 if floor is not None and np.isfinite(floor):
                     ax.axhline(floor, lw=0.6, ls=":", color=ax.lines[-1].get_color())
-            ax.set_xscale("symlog", linthresh=50)
+            ax.set_xscale("log")
             ax.set_title("true excess loss" if name == "excess" else name, fontsize=9)
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
