@@ -1,12 +1,13 @@
-"""Train a small GPT-style model from scratch with the HF Trainer, gated on the noise-token rate.
+"""Train a small GPT-style model from scratch with the HF Trainer, gated on the probes' own loss.
 
 What it shows:
 
 * ``ProbAttrTrainerCallback`` scores an in-domain probe set at every evaluation
-  and injects ``eval_probattr_noise_rate`` into the evaluation metrics;
-* ``metric_for_best_model="probattr_noise_rate"`` (with ``greater_is_better=
-  False``) and ``load_best_model_at_end=True`` keep the checkpoint with the
-  fewest noise tokens, and ``EarlyStoppingCallback`` stops when it stops
+  and injects ``eval_probattr_mean_surprisal_prefix`` (and every other metric)
+  into the evaluation metrics;
+* ``metric_for_best_model="probattr_mean_surprisal_prefix"`` (with
+  ``greater_is_better=False``) and ``load_best_model_at_end=True`` keep the
+  checkpoint whose probes' own loss is lowest (docs/validation.md), and ``EarlyStoppingCallback`` stops when it stops
   improving;
 * W&B (``report_to=["wandb"]``, offline: no account or server needed) gets the
   scalars against ``probattr/step``, the per-token and per-probe tables and the
@@ -153,6 +154,7 @@ def main(argv=None) -> int:
     )
 
     from probattr_monitor.callbacks import ProbAttrTrainerCallback
+    from probattr_monitor.report import DEFAULT_GATE_METRIC
     from probattr_monitor.scoring import ScoringConfig
 
     set_seed(args.seed)
@@ -195,8 +197,8 @@ def main(argv=None) -> int:
         save_steps=args.eval_steps,
         save_total_limit=3,
         load_best_model_at_end=True,
-        metric_for_best_model="probattr_noise_rate",  # HF reads eval_probattr_noise_rate
-        greater_is_better=False,  # fewer noise tokens is better (HF would default to True)
+        metric_for_best_model=f"probattr_{DEFAULT_GATE_METRIC}",  # HF reads eval_probattr_<metric>
+        greater_is_better=False,  # lower is better (HF would default to True)
         report_to=["wandb"] if use_wandb else [],
         run_name="probattr-hf-example",
         use_cpu=True,
@@ -229,14 +231,16 @@ def main(argv=None) -> int:
 
     print(f"\ntrained {trainer.state.global_step} steps in {seconds:.0f} s")
     evals = {r["step"]: r for r in trainer.state.log_history if "eval_loss" in r}
-    print(f"{'step':>6} {'eval_loss':>10} {'noise_rate':>11} {'95% CI':>17} {'scoring s':>10}")
+    gate = f"probattr/{DEFAULT_GATE_METRIC}"
+    print(f"{'step':>6} {'eval_loss':>10} {DEFAULT_GATE_METRIC:>22} {'95% CI':>17} {'noise_rate':>11} "
+          f"{'scoring s':>10}")
     for h in monitor_cb.history:
         s = h.scalars
         loss = evals.get(h.step, {}).get("eval_loss", float("nan"))
-        print(f"{h.step:>6} {loss:>10.4f} {s['probattr/noise_rate']:>11.4f} "
-              f"[{s['probattr/noise_rate_ci_low']:.3f}, {s['probattr/noise_rate_ci_high']:.3f}] {h.seconds:>10.1f}")
-    print(f"\nbest checkpoint by noise rate: {trainer.state.best_model_checkpoint} "
-          f"(noise rate {trainer.state.best_metric:.4f}, step {trainer.state.best_global_step})")
+        print(f"{h.step:>6} {loss:>10.4f} {s[gate]:>22.4f} [{s[gate + '_ci_low']:.3f}, {s[gate + '_ci_high']:.3f}] "
+              f"{s['probattr/noise_rate']:>11.4f} {h.seconds:>10.1f}")
+    print(f"\nbest checkpoint by {DEFAULT_GATE_METRIC}: {trainer.state.best_model_checkpoint} "
+          f"({trainer.state.best_metric:.4f}, step {trainer.state.best_global_step})")
     if monitor_cb.failures:
         print(f"scoring failures: {monitor_cb.failures}")
     if wandb_dir:

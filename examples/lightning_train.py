@@ -1,12 +1,13 @@
-"""Train a small GPT-style model from scratch with Lightning, gated on the noise-token rate.
+"""Train a small GPT-style model from scratch with Lightning, gated on the probes' own loss.
 
 What it shows:
 
 * ``ProbAttrCallback`` scores an in-domain probe set at the end of every
-  validation (the default schedule) and logs ``probattr/noise_rate`` (and its
-  companions) through Lightning's own logging path;
-* ``ModelCheckpoint(monitor="probattr/noise_rate", mode="min")`` keeps the
-  checkpoints with the fewest noise tokens;
+  validation (the default schedule) and logs ``probattr/mean_surprisal_prefix``
+  (the default gate), ``probattr/noise_rate`` and their companions through
+  Lightning's own logging path;
+* ``ModelCheckpoint(monitor="probattr/mean_surprisal_prefix", mode="min")`` keeps
+  the checkpoints whose probes' own loss is lowest (docs/validation.md);
 * W&B through Lightning's ``WandbLogger`` in offline mode (no account or server
   needed) receives the scalars, and at each scoring the per-token attribution
   table, the per-probe summary table and the figures; the run config records
@@ -188,6 +189,9 @@ def make_callback(probes: Path, *, every_n_steps: Optional[int] = None, log_dir:
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
+    from probattr_monitor.report import DEFAULT_GATE_METRIC
+
+    gate = f"probattr/{DEFAULT_GATE_METRIC}"  # the default gate: the probes' own loss (docs/validation.md)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/lightning"), help="run directory")
     parser.add_argument("--epochs", type=int, default=4)
@@ -221,7 +225,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             use_wandb = False
 
     probattr = make_callback(probes, every_n_steps=args.every_n_steps, wandb="auto" if use_wandb else False)
-    best = ModelCheckpoint(dirpath=args.out / "checkpoints", monitor="probattr/noise_rate", mode="min",
+    best = ModelCheckpoint(dirpath=args.out / "checkpoints", monitor=gate, mode="min",
                            save_top_k=2, save_last=True, filename="{epoch}-{step}")
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, logger=loggers,
                          callbacks=[probattr, best], log_every_n_steps=20, enable_model_summary=False,
@@ -230,17 +234,18 @@ def main(argv: Optional[list[str]] = None) -> dict:
     trainer.fit(module)
     total = time.perf_counter() - started
 
-    print("\nstep   noise_rate  (95% interval)    mean H'   probes")
+    print(f"\nstep   {DEFAULT_GATE_METRIC}  (95% interval)   noise_rate  (95% interval)   probes")
     for h in probattr.history:
         s = h.scalars
-        print(f"{h.step:>5}  {h.value:10.3f}  ({s['probattr/noise_rate_ci_low']:.3f}, "
-              f"{s['probattr/noise_rate_ci_high']:.3f})  {s['probattr/mean_entropy_full']:8.3f}   {h.n_scored}")
+        print(f"{h.step:>5}  {h.value:21.3f}  ({s[gate + '_ci_low']:.3f}, {s[gate + '_ci_high']:.3f})  "
+              f"{s['probattr/noise_rate']:10.3f}  ({s['probattr/noise_rate_ci_low']:.3f}, "
+              f"{s['probattr/noise_rate_ci_high']:.3f})   {h.n_scored}")
     responses = probattr.last_report.meta.get("responses", {}) if probattr.last_report else {}
     for pid, text in responses.items():
         print(f"  {pid:>13}: {next(p['prompt'] for p in PROBES if p['id'] == pid)!r} -> {text!r}")
     spent = sum(t["score_s"] + t["log_s"] for t in probattr.timings)
-    print(f"\nbest checkpoint by probattr/noise_rate: {best.best_model_path} "
-          f"(noise rate {float(best.best_model_score):.3f}); last: {best.last_model_path}")
+    print(f"\nbest checkpoint by {gate}: {best.best_model_path} "
+          f"({float(best.best_model_score):.3f}); last: {best.last_model_path}")
     print(f"training took {total:.0f} s, of which the callback {spent:.1f} s ({100 * spent / total:.1f}%) "
           f"in {len(probattr.timings)} scorings")
     if use_wandb:

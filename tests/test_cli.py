@@ -172,15 +172,43 @@ def test_select_best_passing_checkpoint(scored, capsys):
     low, high = (a, b) if va < vb else (b, a)
     gate = (va + vb) / 2
 
-    code, out, _ = _run(capsys, "select", a, b, "--metric", "mean_entropy_full", "--max", 1e9)
+    # mean_entropy_full declares no direction of its own: --mode is required
+    code, out, _ = _run(capsys, "select", a, b, "--metric", "mean_entropy_full", "--max", 1e9, "--mode", "min")
     assert code == 0 and out.startswith(f"selected: {low}")
     code, out, _ = _run(capsys, "select", a, b, "--metric", "mean_entropy_full", "--max", 1e9, "--mode", "max")
     assert code == 0 and out.startswith(f"selected: {high}")
-    code, out, _ = _run(capsys, "select", a, b, "--metric", "mean_entropy_full", "--min", gate, "--json")
+    code, out, _ = _run(capsys, "select", a, b, "--metric", "mean_entropy_full", "--min", gate, "--mode", "min",
+                        "--json")
     data = json.loads(out)
     assert code == 0 and data["selected"] == str(high)
     assert [c["passes"] for c in data["checkpoints"]] == [high == a, high == b]
     assert "< min" in next(c["reason"] for c in data["checkpoints"] if not c["passes"])
+
+
+def test_select_defaults_to_the_lowest_mean_surprisal_prefix(scored, capsys):
+    a, b = scored[1], scored[2]
+    va, vb = (Report.load(d).metrics.mean_surprisal_prefix.value for d in (a, b))
+    assert math.isfinite(va) and math.isfinite(vb) and va != vb
+    low = a if va < vb else b
+    for dirs in ((a, b), (b, a)):  # the lowest wins whichever is given first
+        code, out, err = _run(capsys, "select", *dirs)
+        assert code == 0, err
+        assert out.startswith(f"selected: {low}") and "mean_surprisal_prefix =" in out
+    code, out, _ = _run(capsys, "select", a, b, "--json")
+    data = json.loads(out)
+    assert code == 0 and (data["metric"], data["mode"], data["selected"]) == ("mean_surprisal_prefix", "min", str(low))
+    # the metric's own direction is the default mode: an explicit --mode max picks the other one
+    code, out, _ = _run(capsys, "select", a, b, "--mode", "max")
+    assert code == 0 and out.startswith(f"selected: {b if low == a else a}")
+
+
+def test_select_metric_without_a_direction_needs_mode(scored, capsys):
+    code, out, err = _run(capsys, "select", scored[1], scored[2], "--metric", "mean_kl")
+    assert code == 2 and out == ""
+    assert "--mode" in err and "mean_kl" in err and "Traceback" not in err
+    code, out, err = _run(capsys, "select", scored[1], scored[2], "--metric", "mean_kl", "--mode", "max")
+    assert code == 0, err
+    assert out.startswith("selected: ")
 
 
 def test_select_none_passes_exits_1(scored, capsys):

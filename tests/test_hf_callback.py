@@ -34,9 +34,12 @@ from helpers.wandb_offline import wandb_config, wandb_history, wandb_metric_defs
 from probattr_monitor.callbacks.hf import ProbAttrTrainerCallback, producible_metric_names  # noqa: E402
 from probattr_monitor.monitor import ProbAttrMonitor, Schedule  # noqa: E402
 from probattr_monitor.probes import ProbeSetError  # noqa: E402
+from probattr_monitor.report import DEFAULT_GATE_METRIC  # noqa: E402
 from probattr_monitor.sinks.files import read_history  # noqa: E402
 
 KEY = "eval_probattr_noise_rate"
+GATE = f"probattr_{DEFAULT_GATE_METRIC}"  # metric_for_best_model of the default gate
+GATE_KEY = f"eval_{GATE}"  # ...and the key the callback injects for it
 
 pytestmark = pytest.mark.usefixtures("one_thread", "offline_wandb")
 
@@ -46,10 +49,15 @@ def probes(tmp_path):
     return write_probes(tmp_path / "probes.jsonl", PROBES)
 
 
-def callback(probes, **kw):
+def callback(probes, metric=None, **kw):
     kw.setdefault("scoring", scoring_config())
     kw.setdefault("plots", False)
     kw.setdefault("wandb", False)
+    if metric is not None:  # the callback takes its gate metric from a monitor
+        schedule = Schedule(every_n_steps=kw.pop("every_n_steps", None),
+                            on_validation_end=kw.pop("on_evaluate", True))
+        monitor = ProbAttrMonitor(str(probes), scoring=kw.pop("scoring"), schedule=schedule, metric=metric)
+        return ProbAttrTrainerCallback(monitor, **kw)
     return ProbAttrTrainerCallback(probes=str(probes), **kw)
 
 
@@ -98,7 +106,7 @@ def test_final_weights_bit_identical_with_and_without_callback(tmp_path, probes)
     out = Path(monitored.args.output_dir) / "probattr"
     hist = read_history(out)
     assert [h["step"] for h in hist] == [3, 4, 6, 8, 9, 12]
-    assert hist[1]["noise_rate"] == pytest.approx(cb.history[1].value)
+    assert hist[1][DEFAULT_GATE_METRIC] == pytest.approx(cb.history[1].value)
     assert (out / "step-00000004" / "tokens.csv").exists()
     config = json.loads((out / "config.json").read_text())
     assert config["fingerprint"] == cb.monitor.probe_set.fingerprint
@@ -113,7 +121,7 @@ def test_metric_for_best_model_selects_the_lowest_noise_rate_checkpoint(tmp_path
     # uniform, every token is a noise token (rate 1), and its eval loss log|V| is
     # *lower* than the peaked initial model's, so selecting by loss would pick a
     # late checkpoint and selecting by noise rate must pick checkpoint-4.
-    cb = callback(probes)
+    cb = callback(probes, metric="noise_rate")
     trainer = make_trainer(
         tmp_path, [cb, ZeroWeightsFrom(5)],
         save_strategy="steps", save_steps=4, load_best_model_at_end=True,
@@ -142,7 +150,7 @@ def test_metric_for_best_model_selects_the_lowest_noise_rate_checkpoint(tmp_path
 
 
 def test_early_stopping_stops_on_the_noise_rate(tmp_path, probes):
-    cb = callback(probes)
+    cb = callback(probes, metric="noise_rate")
     es = EarlyStoppingCallback(early_stopping_patience=2)
     trainer = make_trainer(
         tmp_path, [cb, es, ZeroWeightsFrom(5)],
@@ -181,21 +189,21 @@ def test_two_eval_datasets_are_scored_once_per_step(tmp_path, probes):
     cb.monitor.run = counting_run
     trainer = make_trainer(
         tmp_path, [cb], tokenizer=tok, eval_dataset=evals, max_steps=8,
-        metric_for_best_model="probattr_noise_rate", greater_is_better=False,
+        metric_for_best_model=GATE, greater_is_better=False,
     )
     trainer.train()
     assert calls == [4, 8]
     # injected once per evaluate() call: into dataset a's metrics (so EarlyStopping counts it once)
     a = eval_records(trainer, "eval_a_loss")
     b = eval_records(trainer, "eval_b_loss")
-    assert [r[KEY] for r in a] == [h.value for h in cb.history]
-    assert all(KEY not in r for r in b)
+    assert [r[GATE_KEY] for r in a] == [h.value for h in cb.history]
+    assert all(GATE_KEY not in r for r in b)
     assert trainer.state.best_metric == min(h.value for h in cb.history)
     # a later evaluate() at the same step reuses the score and returns it
     metrics = trainer.evaluate()
     assert calls == [4, 8]
-    assert metrics[KEY] == cb.history[-1].value
-    assert metrics["eval_probattr_noise_rate_ci_low"] <= metrics[KEY] <= metrics["eval_probattr_noise_rate_ci_high"]
+    assert metrics[GATE_KEY] == cb.history[-1].value
+    assert metrics[f"{GATE_KEY}_ci_low"] <= metrics[GATE_KEY] <= metrics[f"{GATE_KEY}_ci_high"]
 
 
 def test_injected_keys_are_exactly_the_documented_ones(tmp_path, probes):
@@ -355,21 +363,21 @@ def test_wandb_offline_run_directory(tmp_path, probes, monkeypatch, who_starts_t
         wandb.init(project="probattr-tests", dir=str(tmp_path), mode="offline", config={"mine": 1})
     try:
         trainer = make_trainer(tmp_path, [cb], report_to=report_to,
-                               metric_for_best_model="probattr_noise_rate", greater_is_better=False)
+                               metric_for_best_model=GATE, greater_is_better=False)
         trainer.train()
     finally:
         wandb.finish()
     run_dir = wandb_run_dir(tmp_path)
     rows = wandb_history(run_dir)
-    scored = [r for r in rows if "probattr/noise_rate" in r]
+    scored = [r for r in rows if f"probattr/{DEFAULT_GATE_METRIC}" in r]
     # one row per scoring, each against the probattr/step key, nothing twice
     assert [r["probattr/step"] for r in scored] == [4, 6, 8, 12] == steps_of(cb)
     for r, h in zip(scored, cb.history):
-        assert r["probattr/noise_rate"] == pytest.approx(h.value)
+        assert r[f"probattr/{DEFAULT_GATE_METRIC}"] == pytest.approx(h.value)
         assert r["probattr/tokens/_type"] == "table-file"
         assert r["probattr/probes/_type"] == "table-file"
         assert r["probattr/plots/entropy_vs_as/_type"] == "image-file"
-    assert all("probattr/noise_rate" not in r for r in rows if r not in scored)
+    assert all(f"probattr/{DEFAULT_GATE_METRIC}" not in r for r in rows if r not in scored)
     defs = wandb_metric_defs(run_dir)
     assert {"name": "", "glob": "probattr/*", "step_metric": "probattr/step"} in defs
     # the full per-token table of the last scoring, row for row
@@ -423,7 +431,7 @@ def test_evaluate_before_training_scores_step_zero(tmp_path, probes):
     trainer = make_trainer(tmp_path, [cb], max_steps=4)
     metrics = trainer.evaluate()
     assert steps_of(cb) == [0]
-    assert metrics[KEY] == cb.history[0].value
+    assert metrics[GATE_KEY] == cb.history[0].value
     assert [h["step"] for h in read_history(Path(trainer.args.output_dir) / "probattr")] == [0]
     trainer.train()
     assert steps_of(cb) == [0, 4]
@@ -445,7 +453,7 @@ def test_only_world_process_zero_logs_but_every_rank_injects(tmp_path, probes):
     state.global_step = 4
     metrics = {"eval_loss": 1.0, "eval_runtime": 0.1}
     cb.on_evaluate(args, state, control, metrics=metrics, model=model)
-    assert steps_of(cb) == [4] and metrics[KEY] == cb.history[0].value
+    assert steps_of(cb) == [4] and metrics[GATE_KEY] == cb.history[0].value
     assert not (tmp_path / "files").exists() and not (tmp_path / "out" / "probattr").exists()
     # the same on rank 0 writes the report
     cb0 = callback(probes, wandb="auto", log_dir=tmp_path / "files")
@@ -464,18 +472,19 @@ torch.set_num_threads(1)
 from helpers.hf import make_trainer
 from helpers.probes import scoring_config
 from probattr_monitor.callbacks.hf import ProbAttrTrainerCallback
+from probattr_monitor.report import DEFAULT_GATE_METRIC
 
 tmp = Path(sys.argv[1])
 cb = ProbAttrTrainerCallback(probes=str(tmp / "probes.jsonl"), scoring=scoring_config(), plots=False, wandb=False)
 trainer = make_trainer(tmp, [cb], max_steps=8, per_device_train_batch_size=4,
-                       metric_for_best_model="probattr_noise_rate", greater_is_better=False)
+                       metric_for_best_model=f"probattr_{DEFAULT_GATE_METRIC}", greater_is_better=False)
 trainer.train()
 rank = trainer.args.process_index
 out = {
     "rank": rank,
     "world_size": trainer.args.world_size,
     "history": [[h.step, h.value, h.n_scored] for h in cb.history],
-    "injected": [r.get("eval_probattr_noise_rate") for r in trainer.state.log_history if "eval_loss" in r],
+    "injected": [r.get(f"eval_probattr_{DEFAULT_GATE_METRIC}") for r in trainer.state.log_history if "eval_loss" in r],
     "best_metric": trainer.state.best_metric,
     "sharded": cb.last_report.meta.get("sharded"),
 }

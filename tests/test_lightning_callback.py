@@ -27,9 +27,11 @@ from probattr_monitor.callbacks import ProbAttrCallback  # noqa: E402
 from probattr_monitor.engine.budget import Budget  # noqa: E402
 from probattr_monitor.callbacks.lightning import logged_keys  # noqa: E402
 from probattr_monitor.monitor import ProbAttrMonitor, Schedule  # noqa: E402
+from probattr_monitor.report import DEFAULT_GATE_METRIC  # noqa: E402
 from probattr_monitor.sinks import read_history  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+GATE = f"probattr/{DEFAULT_GATE_METRIC}"  # the logged key of the default gate metric
 
 pytestmark = pytest.mark.usefixtures("one_thread", "offline_wandb")
 
@@ -114,20 +116,20 @@ def test_schedule_skips_sanity_check_and_never_scores_a_step_twice(tok, probes, 
     # 9 steps per epoch: every_n_steps gives 3, 6, 9, 12, 15, 18; epoch and validation ends fall on 9 and 18
     assert history_steps(cb) == [3, 6, 9, 12, 15, 18]
     assert [t["event"] for t in cb.timings] == ["train_step"] * 6  # the later events at 9/18 were deduplicated
-    rows = [r for r in csv_rows(trainer) if r.get("probattr/noise_rate")]
+    rows = [r for r in csv_rows(trainer) if r.get(GATE)]
     # every scoring reached the logger exactly once, whatever log_every_n_steps says
     assert sorted(float(r["probattr/step"]) for r in rows) == [3, 6, 9, 12, 15, 18]
     for r in rows:
         step = int(float(r["probattr/step"]))
         (entry,) = [h for h in cb.history if h.step == step]
-        assert float(r["probattr/noise_rate"]) == pytest.approx(entry.value, rel=1e-6)
+        assert float(r[GATE]) == pytest.approx(entry.value, rel=1e-6)
     assert set(logged_keys()) <= set(rows[0])  # the documented keys, all of them
 
 
 def test_on_save_checkpoint_scores_right_before_each_save(tok, probes, tmp_path):
     pl.seed_everything(0, verbose=False)
     cb = make_callback(probes, on_validation_end=False, on_save_checkpoint=True)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="probattr/noise_rate", mode="min",
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor=GATE, mode="min",
                            every_n_train_steps=5, save_top_k=-1, filename="{step}")
     fit(TinyLitLM(tok), [cb, ckpt], tmp_path, max_epochs=2, enable_checkpointing=True)
     assert history_steps(cb) == [5, 10, 15]
@@ -148,7 +150,7 @@ def test_every_n_epochs_without_validation(tok, probes, tmp_path):
 def test_model_checkpoint_selects_by_noise_rate_not_last(tok, probes, tmp_path):
     pl.seed_everything(0, verbose=False)
     module = TinyLitLM(tok, batch_size=20, scramble_from_epoch=3)  # learns for 3 epochs, then is wiped
-    cb = make_callback(probes)  # default schedule: at each validation end
+    cb = make_callback(probes, metric="noise_rate")  # default schedule: at each validation end
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="probattr/noise_rate", mode="min", save_top_k=1,
                            save_last=True, filename="{epoch}-{step}")
     fit(module, [cb, ckpt], tmp_path, max_epochs=5, enable_checkpointing=True)
@@ -166,7 +168,7 @@ def test_model_checkpoint_selects_by_noise_rate_not_last(tok, probes, tmp_path):
 def test_early_stopping_on_noise_rate(tok, probes, tmp_path):
     pl.seed_everything(0, verbose=False)
     module = TinyLitLM(tok, batch_size=20, scramble_from_epoch=2)
-    cb = make_callback(probes)
+    cb = make_callback(probes, metric="noise_rate")
     stop = EarlyStopping(monitor="probattr/noise_rate", mode="min", patience=1)
     trainer = fit(module, [cb, stop], tmp_path, max_epochs=10)
     assert trainer.current_epoch < 9 and stop.stopped_epoch > 0
@@ -312,7 +314,7 @@ def test_model_resolution(tok, probes, tmp_path):
 
     monitor = ProbAttrMonitor(probes, scoring=scoring_config(), schedule=Schedule(every_n_epochs=1), prefix="pa")
     cb = ProbAttrCallback(monitor, wandb=False, log_plots=False)
-    assert cb.monitor_key == "pa/noise_rate" and "pa" in cb.state_key
+    assert cb.monitor_key == f"pa/{DEFAULT_GATE_METRIC}" and "pa" in cb.state_key
     watcher = ModelCheckpoint(dirpath=tmp_path, monitor="pa/mean_kl", mode="min")
     fit(TinyLitLM(tok), [cb, watcher], tmp_path, max_epochs=1,
         enable_checkpointing=True)
@@ -354,12 +356,12 @@ def test_wandb_logger_offline_run_dir_read_back(tok, probes, tmp_path):
 
     steps = [h.step for h in cb.history]
     assert steps == [4, 8, 9]
-    scalar_rows = [r for r in rec["history"] if "probattr/noise_rate" in r]
+    scalar_rows = [r for r in rec["history"] if GATE in r]
     table_rows = [r for r in rec["history"] if "probattr/probes/_type" in r]
     # scalars: once per scoring, through Lightning's WandbLogger, with the step key in the same row
     assert [r["probattr/step"] for r in scalar_rows] == steps
     for row, h in zip(scalar_rows, cb.history):
-        assert row["probattr/noise_rate"] == pytest.approx(h.value, rel=1e-6)
+        assert row[GATE] == pytest.approx(h.value, rel=1e-6)
         assert "trainer/global_step" in row
     # tables and images: once per scoring, from the sink, against the same step key
     assert [r["probattr/step"] for r in table_rows] == steps
@@ -373,7 +375,7 @@ def test_wandb_logger_offline_run_dir_read_back(tok, probes, tmp_path):
     # W&B's own step counter was never pushed (no step= argument): contiguous
     assert [r["_step"] for r in rec["history"]] == list(range(len(rec["history"])))
     # the CSV logger got the same scalars (every configured logger)
-    csv_steps = [float(r["probattr/step"]) for r in csv_rows_of(csv_logger) if r.get("probattr/noise_rate")]
+    csv_steps = [float(r["probattr/step"]) for r in csv_rows_of(csv_logger) if r.get(GATE)]
     assert csv_steps == steps
 
 
@@ -387,7 +389,7 @@ def test_users_own_wandb_run_gets_scalars_from_the_sink(tok, probes, tmp_path):
     wandb.finish()
     rows = [r for r in read_wandb_records(run_dir)["history"] if "probattr/step" in r]
     assert [r["probattr/step"] for r in rows] == [9]  # one call: tables and scalars together
-    assert rows[0]["probattr/noise_rate"] == pytest.approx(cb.history[0].value)
+    assert rows[0][GATE] == pytest.approx(cb.history[0].value)
     assert rows[0]["probattr/tokens/_type"] == "table-file"
     assert [h["step"] for h in read_history(tmp_path / "files")] == [9]
 

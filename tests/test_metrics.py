@@ -351,11 +351,14 @@ def test_interval_from_partial_resamples_is_noted():
 
 def random_scored(n_probes, tokens=12, seed=0):
     rng = np.random.default_rng(seed)
+    own = np.random.default_rng([seed, 1])  # the prompt tokens' own scores, drawn apart from the rest
     out = []
     for i in range(n_probes):
         a = rng.normal(0, 0.6, tokens)
         h = rng.uniform(0, 4, tokens)
-        out.append((f"p{i}", make_result(a, h, entropy_prompt=rng.uniform(0, 4, tokens), kl=rng.uniform(0, 1, tokens))))
+        out.append((f"p{i}", make_result(a, h, entropy_prompt=rng.uniform(0, 4, tokens), kl=rng.uniform(0, 1, tokens),
+                                         token_log_joint=-1.0 - own.uniform(0, 4, tokens),
+                                         token_log_prob=-own.uniform(0, 4, tokens))))
     return out
 
 

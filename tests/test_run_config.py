@@ -87,4 +87,4 @@ def test_run_config_is_the_same_for_lightning_and_hf(tmp_path):
     assert lit["scoring"]["max_new_tokens"] == 3 and lit["bootstrap"] == {"n_boot": 50, "ci": 0.95}
     assert lit["schedule"] == {"every_n_steps": 4, "every_n_epochs": None, "on_validation_end": True,
                                "on_save_checkpoint": False}
-    assert lit["monitor_key"] == "probattr/noise_rate" and lit["mode"] == "min"
+    assert lit["monitor_key"] == "probattr/mean_surprisal_prefix" and lit["mode"] == "min"  # the default gate

@@ -9,7 +9,7 @@ Quick start::
         ...,
         eval_strategy="steps", eval_steps=200, save_steps=200,
         load_best_model_at_end=True,
-        metric_for_best_model="probattr_noise_rate",   # HF looks up "eval_probattr_noise_rate"
+        metric_for_best_model="probattr_mean_surprisal_prefix",   # HF looks up "eval_probattr_..."
         greater_is_better=False,                        # HF's default would be True!
         report_to=["wandb"],
     )
@@ -48,7 +48,8 @@ How it fits the Trainer (read from ``transformers.Trainer``; docs/design.md sect
   ``near_zero_rate``, ``mean_entropy_full``...), their bootstrap intervals
   ``<name>_ci_low`` / ``<name>_ci_high``, and the counts ``n_tokens``,
   ``n_probes``, ``count_<class>``. Write ``metric_for_best_model=
-  "probattr_noise_rate"`` (HF prepends ``eval_``) with ``greater_is_better=False``.
+  "probattr_mean_surprisal_prefix"`` (HF prepends ``eval_``; the monitor's
+  default gate) with ``greater_is_better=False``.
   The prefix follows the monitor's ``prefix`` (default ``probattr``).
 * Scores taken every N steps (``every_n_steps``, in ``on_step_end``) go to
   W&B/files and into the callback's history, but cannot drive

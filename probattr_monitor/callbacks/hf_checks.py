@@ -15,7 +15,7 @@ from typing import Any, Optional
 from probattr_monitor.distributed import rank_zero_warn
 from probattr_monitor.monitor import Schedule
 from probattr_monitor.monitor.keys import scalar_names
-from probattr_monitor.report import HIGHER_IS_BETTER
+from probattr_monitor.report import DEFAULT_GATE_METRIC, HIGHER_IS_BETTER
 
 __all__ = ["check_args", "check_callback_order", "eval_key", "probattr_metric"]
 
@@ -43,7 +43,7 @@ def probattr_metric(args: Any, prefix: str) -> Optional[str]:
             raise ValueError(
                 f"metric_for_best_model={key!r} is never produced: this callback injects "
                 f"'{eval_key(prefix, '<name>')}' (the same key for every eval dataset); "
-                f"use metric_for_best_model='{head}noise_rate'"
+                f"use metric_for_best_model='{head}{DEFAULT_GATE_METRIC}'"
             )
         return None
     metric = name[len(head):]

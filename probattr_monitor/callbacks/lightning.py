@@ -7,7 +7,7 @@
     from probattr_monitor.callbacks import ProbAttrCallback
 
     probattr = ProbAttrCallback(probes="reasonable-en", tokenizer=tokenizer)
-    trainer = Trainer(callbacks=[probattr, ModelCheckpoint(monitor="probattr/noise_rate", mode="min")])
+    trainer = Trainer(callbacks=[probattr, ModelCheckpoint(monitor="probattr/mean_surprisal_prefix", mode="min")])
     trainer.fit(module)
 
 See :class:`ProbAttrCallback` for the schedule, the logged keys, W&B and files,
@@ -42,7 +42,7 @@ from probattr_monitor.distributed import broadcast_object, dist_ready, gatherer,
 from probattr_monitor.monitor import ProbAttrMonitor, Schedule
 from probattr_monitor.monitor.keys import scalar_keys, step_key
 from probattr_monitor.monitor.run_config import RunConfig
-from probattr_monitor.report import Report
+from probattr_monitor.report import DEFAULT_GATE_METRIC, Report
 from probattr_monitor.scoring import ScoringConfig
 from probattr_monitor.sinks import FileSink, WandbSink
 
@@ -101,7 +101,8 @@ class ProbAttrCallback(Callback):
         once, whatever fires. A schedule that can never fire in this run raises
         when training starts.
     metric, mode : str
-        The tracked metric and its direction (for the monitor's best value).
+        The gate metric and its direction (for the monitor's best value); the
+        defaults are the monitor's (:class:`~probattr_monitor.monitor.ProbAttrMonitor`).
     prefix : str
         Key prefix (default ``"probattr"``).
     time_budget_s : float, optional
@@ -138,7 +139,7 @@ class ProbAttrCallback(Callback):
     --------------
     Through Lightning's own logging path (``LightningModule.log`` with
     ``sync_dist=False, rank_zero_only=False``; every rank logs the same
-    values), so ``ModelCheckpoint(monitor="probattr/noise_rate", mode="min")``
+    values), so ``ModelCheckpoint(monitor="probattr/mean_surprisal_prefix", mode="min")``
     and ``EarlyStopping`` work unchanged and every attached logger (W&B, CSV,
     TensorBoard...) receives them: ``{prefix}/step`` (the global step) and, for
     each metric of :data:`probattr_monitor.report.METRIC_NAMES`,
@@ -237,8 +238,8 @@ class ProbAttrCallback(Callback):
         every_n_epochs: Optional[int] = None,
         on_validation_end: bool = True,
         on_save_checkpoint: bool = False,
-        metric: str = "noise_rate",
-        mode: str = "min",
+        metric: str = DEFAULT_GATE_METRIC,
+        mode: Optional[str] = None,
         prefix: str = "probattr",
         time_budget_s: Optional[float] = None,
         model_attr: Optional[str] = None,
@@ -253,8 +254,8 @@ class ProbAttrCallback(Callback):
         if monitor is not None:
             check_monitor(monitor)
             defaults = {"probes": "reasonable-en", "scoring": None, "every_n_steps": None, "every_n_epochs": None,
-                        "on_validation_end": True, "on_save_checkpoint": False, "metric": "noise_rate",
-                        "mode": "min", "prefix": "probattr", "time_budget_s": None}
+                        "on_validation_end": True, "on_save_checkpoint": False, "metric": DEFAULT_GATE_METRIC,
+                        "mode": None, "prefix": "probattr", "time_budget_s": None}
             given = {"probes": probes, "scoring": scoring, "every_n_steps": every_n_steps,
                      "every_n_epochs": every_n_epochs, "on_validation_end": on_validation_end,
                      "on_save_checkpoint": on_save_checkpoint, "metric": metric, "mode": mode, "prefix": prefix,
@@ -312,7 +313,7 @@ class ProbAttrCallback(Callback):
 
     @property
     def monitor_key(self) -> str:
-        """The logged key of the tracked metric, e.g. ``probattr/noise_rate``."""
+        """The logged key of the tracked metric, e.g. ``probattr/mean_surprisal_prefix``."""
         return self.monitor.monitor_key
 
     @property

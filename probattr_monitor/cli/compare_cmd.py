@@ -8,7 +8,7 @@ from typing import Any
 
 from probattr_monitor.cli.errors import EXIT_STATUS_HELP, EXIT_USAGE, CLIError
 from probattr_monitor.cli.reports import ScoredCheckpoint, dumps, fmt_value, load_scored, table, unique_labels
-from probattr_monitor.report.definitions import METRIC_NAMES
+from probattr_monitor.report.definitions import DEFAULT_GATE_METRIC, METRIC_NAMES
 
 logger = logging.getLogger("probattr_monitor.cli")
 
@@ -33,7 +33,7 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
                                      + EXIT_STATUS_HELP)
     p.add_argument("dirs", nargs="+", metavar="DIR", help="report directories, in order (oldest first)")
     p.add_argument("--plot", metavar="PATH", help="also plot the metrics across the checkpoints (PNG)")
-    p.add_argument("--plot-metrics", default="noise_rate", metavar="LIST",
+    p.add_argument("--plot-metrics", default=f"{DEFAULT_GATE_METRIC},noise_rate", metavar="LIST",
                    help=f"comma-separated metrics for --plot (default: %(default)s; known: {', '.join(METRIC_NAMES)})")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
     p.set_defaults(func=run)

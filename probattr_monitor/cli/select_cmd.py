@@ -10,11 +10,14 @@ from typing import Any, Optional
 from probattr_monitor.cli.arguments import number
 from probattr_monitor.cli.errors import EXIT_NONE_PASSES, EXIT_STATUS_HELP, EXIT_USAGE, CLIError
 from probattr_monitor.cli.reports import dumps, fmt_value, load_scored, unique_labels
+from probattr_monitor.report.definitions import gate_mode
 
 DESCRIPTION = """\
 Among the report directories whose metric passes the gate (--max, --min), print
-the best one: the lowest value with --mode min (the default), the highest with
---mode max; ties go to the directory given first. Print why the others failed.
+the best one: the lowest value with --mode min, the highest with --mode max
+(default: the metric's own direction); ties go to the directory given first.
+The default metric is the monitor's default gate, mean_surprisal_prefix (see
+docs/validation.md); --metric noise_rate is the paper's noise-token rate. Print why the others failed.
 Exit status: 0 when a checkpoint passes, 1 when none does; any report that
 cannot be read (missing, corrupted, inconsistent) is an error (3), never a
 checkpoint that fails the gate.
@@ -22,8 +25,9 @@ checkpoint that fails the gate.
 
 EPILOG = """\
 examples:
+  probattr select runs/step-*                       # lowest mean_surprisal_prefix
   probattr select runs/step-* --metric noise_rate --max 0.1
-  best=$(probattr select runs/* --max 0.1 --path-only) && cp -r "$best" release/
+  best=$(probattr select runs/* --max 2.5 --path-only) && cp -r "$best" release/
   probattr select runs/* --metric mean_abs_as --min 0.5 --mode max --json
 
 """ + EXIT_STATUS_HELP
@@ -31,20 +35,21 @@ examples:
 
 def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     """Register ``select``."""
-    from probattr_monitor.report.definitions import METRIC_NAMES
+    from probattr_monitor.report.definitions import DEFAULT_GATE_METRIC, METRIC_NAMES
 
     p = subparsers.add_parser("select", parents=parents, help="pick the best checkpoint that passes a metric gate",
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", nargs="+", metavar="DIR", help="report directories written by 'probattr score'")
-    p.add_argument("--metric", default="noise_rate", choices=METRIC_NAMES, metavar="NAME",
+    p.add_argument("--metric", default=DEFAULT_GATE_METRIC, choices=METRIC_NAMES, metavar="NAME",
                    help=f"metric to gate and rank on (default: %(default)s; one of {', '.join(METRIC_NAMES)})")
     p.add_argument("--max", type=number(float), dest="max_value", metavar="X",
                    help="pass only if the metric is <= X (a finite number)")
     p.add_argument("--min", type=number(float), dest="min_value", metavar="X",
                    help="pass only if the metric is >= X (a finite number)")
-    p.add_argument("--mode", choices=("min", "max"), default="min",
-                   help="'min': lower is better (rates, entropies); 'max': higher is better (default: %(default)s)")
+    p.add_argument("--mode", choices=("min", "max"), default=None,
+                   help="'min': lower is better; 'max': higher is better (default: the metric's direction; "
+                        "required for a metric without one)")
     p.add_argument("--gate-on", choices=("value", "interval"), default="value",
                    help="'interval': the whole bootstrap interval must pass (high <= --max, low >= --min), "
                         "a stricter gate (default: %(default)s)")
@@ -84,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
     if args.min_value is not None and args.max_value is not None and args.min_value > args.max_value:
         raise CLIError(f"--min {args.min_value:g} is above --max {args.max_value:g}: no value can pass",
                        code=EXIT_USAGE)
+    if args.mode is None:
+        try:
+            args.mode = gate_mode(args.metric)
+        except ValueError as err:
+            raise CLIError(f"--mode: {err}", code=EXIT_USAGE) from None
     items = load_scored(args.dirs)
     labels = unique_labels(items)
     fingerprints = {c.fingerprint for c in items}

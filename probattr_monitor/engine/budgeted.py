@@ -41,8 +41,8 @@ from probattr_monitor.engine.passes import (
     assemble_result,
     candidate_scores,
     full_pass,
+    prompt_token_log_probs,
     response_log_prob,
-    token_log_joints,
     with_original,
 )
 from probattr_monitor.engine.result import AttributionResult
@@ -158,7 +158,7 @@ def attribute_budgeted(
         **per_pos,
     }
     return assemble_result(prompt, response, pos, stats, log_p_response, max(set_sizes), info, stderr=stderr,
-                           token_log_joint=token_log_joints(full, prompt, pos))
+                           prompt_tokens=prompt_token_log_probs(full, prompt, pos))
 
 
 def estimate_position(

@@ -72,13 +72,20 @@ def response_log_prob(full: FullPass, prompt_len: int, response: list[int]) -> f
     return float(full.log_probs[rows, torch.tensor(response)].sum())
 
 
-def token_log_joints(full: FullPass, prompt: list[int], positions: np.ndarray) -> np.ndarray:
-    """``a_k(x_k) = sum_{k <= i < n} log p(x_i | x_<i)`` at each position: the prompt's own token's score."""
+def prompt_token_log_probs(full: FullPass, prompt: list[int], positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The prompt's own tokens from the full pass, at each scored position ``k``.
+
+    Returns
+    -------
+    (token_log_prob, token_log_joint)
+        ``log p(x_k | x_<k)`` and ``a_k(x_k) = sum_{k <= i < n} log p(x_i | x_<i)``.
+    """
     n = len(prompt)
     rows = torch.arange(0, n - 1)
     token_lp = full.log_probs[rows, torch.tensor(prompt[1:])].numpy()  # token_lp[i - 1] = log p(x_i | x_<i)
     suffix = np.cumsum(token_lp[::-1])[::-1]  # suffix[k - 1] = sum over i >= k
-    return np.array([suffix[int(k) - 1] for k in positions], dtype=np.float64)
+    idx = np.asarray(positions, dtype=np.int64) - 1
+    return token_lp[idx].astype(np.float64), suffix[idx].astype(np.float64)
 
 
 def with_original(cand: np.ndarray, original: int) -> np.ndarray:
@@ -133,14 +140,18 @@ def assemble_result(
     num_candidates: int,
     info: dict,
     stderr: Optional[dict] = None,
-    token_log_joint: Optional[np.ndarray] = None,
+    prompt_tokens: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> AttributionResult:
     """Stack per-position statistics into an :class:`AttributionResult`.
 
-    ``token_log_joint`` (:func:`token_log_joints`) is exact, so the surprisals'
-    standard errors are those of ``log_denominator`` and ``log_numerator``.
+    ``prompt_tokens`` (:func:`prompt_token_log_probs`) is exact, so the
+    surprisals' standard errors are those of ``log_denominator`` and
+    ``log_numerator`` (and zero for the prefix surprisal).
     """
     stderr = dict(stderr or {})
+    token_log_prob, token_log_joint = prompt_tokens if prompt_tokens is not None else (None, None)
+    if token_log_joint is not None and stderr:
+        stderr["surprisal_prefix"] = np.zeros(len(pos))
     if token_log_joint is not None:
         for name, source in (("surprisal_prompt", "log_denominator"), ("surprisal_full", "log_numerator")):
             if source in stderr:
@@ -171,6 +182,7 @@ def assemble_result(
         response_ids=tuple(response),
         num_candidates=int(num_candidates),
         token_log_joint=token_log_joint,
+        token_log_prob=token_log_prob,
         stderr=stderr,
         info=info,
     )

@@ -23,10 +23,11 @@ SCORE_FIELDS = (
     "kl",
 )
 
-#: Per-position surprisals of the prompt token itself, in nats: ``-log p_k(x_k)`` and
-#: ``-log p'_k(x_k)`` (docs/design.md section 2). They are exported with the scores;
-#: the identity ``surprisal_prompt - surprisal_full = attribution`` holds.
-SURPRISAL_FIELDS = ("surprisal_prompt", "surprisal_full")
+#: Per-position surprisals of the prompt token itself, in nats: ``-log p(x_k | x_<k)``
+#: (the plain causal loss), ``-log p_k(x_k)`` and ``-log p'_k(x_k)`` (docs/design.md
+#: section 2). They are exported with the scores; ``surprisal_prompt - surprisal_full
+#: = attribution`` holds.
+SURPRISAL_FIELDS = ("surprisal_prefix", "surprisal_prompt", "surprisal_full")
 
 #: Every per-position quantity of a result, in export order.
 EXPORT_FIELDS = SCORE_FIELDS + SURPRISAL_FIELDS
@@ -86,6 +87,9 @@ class AttributionResult:
         ``a_k(x_k) = log P(x_k, x_>k | x_<k)`` of the prompt's own token at each
         position (from the full pass). It gives :attr:`surprisal_prompt` and
         :attr:`surprisal_full`, which are NaN without it.
+    token_log_prob : numpy.ndarray, optional
+        ``log p(x_k | x_<k)`` at each position (from the full pass); gives
+        :attr:`surprisal_prefix`, NaN without it.
     stderr : dict of str to numpy.ndarray
         Standard error of each estimated quantity (empty for exact scoring).
     info : dict
@@ -113,11 +117,19 @@ class AttributionResult:
     is_special: Optional[np.ndarray] = None
     response_text: Optional[str] = None
     token_log_joint: Optional[np.ndarray] = None
+    token_log_prob: Optional[np.ndarray] = None
     stderr: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.positions.shape[0])
+
+    @property
+    def surprisal_prefix(self) -> np.ndarray:
+        """``-log p(x_k | x_<k)``: the prompt token's plain causal loss (nats), exact in every mode."""
+        if self.token_log_prob is None:
+            return np.full(len(self), np.nan)
+        return -self.token_log_prob
 
     @property
     def surprisal_prompt(self) -> np.ndarray:

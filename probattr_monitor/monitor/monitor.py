@@ -22,7 +22,7 @@ from probattr_monitor.monitor.guard import training_state_guard
 from probattr_monitor.monitor.keys import scalar_keys
 from probattr_monitor.monitor.schedule import Schedule
 from probattr_monitor.probes import ProbeSet, load_probe_set, render
-from probattr_monitor.report import METRIC_NAMES, Report
+from probattr_monitor.report import DEFAULT_GATE_METRIC, METRIC_NAMES, Report, gate_mode
 from probattr_monitor.scoring import ProbeScore, ScoringConfig, build_report, score_probes
 
 logger = logging.getLogger(__name__)
@@ -146,10 +146,14 @@ class ProbAttrMonitor:
     schedule : Schedule, optional
         When callbacks score (default: at the end of each validation/evaluation).
     metric : str
-        The metric whose best value is tracked (one of
-        :data:`probattr_monitor.report.METRIC_NAMES`; default ``noise_rate``).
-    mode : {"min", "max"}
-        Whether a lower or higher ``metric`` is better.
+        The gate metric whose best value is tracked (one of
+        :data:`probattr_monitor.report.METRIC_NAMES`; default
+        :data:`~probattr_monitor.report.DEFAULT_GATE_METRIC`, the one the
+        validity study supports: see docs/validation.md). ``"noise_rate"`` is
+        the paper's noise-token rate.
+    mode : {"min", "max"}, optional
+        Whether a lower or higher ``metric`` is better; default: the metric's
+        declared direction (:data:`~probattr_monitor.report.HIGHER_IS_BETTER`).
     time_budget_s : float, optional
         Stop scoring further probes of a run once this many seconds have passed
         (single-process runs only: under DDP every rank scores its whole shard).
@@ -168,13 +172,15 @@ class ProbAttrMonitor:
         tokenizer: Any = None,
         scoring: Optional[ScoringConfig] = None,
         schedule: Optional[Schedule] = None,
-        metric: str = "noise_rate",
-        mode: str = "min",
+        metric: str = DEFAULT_GATE_METRIC,
+        mode: Optional[str] = None,
         time_budget_s: Optional[float] = None,
         prefix: str = "probattr",
     ) -> None:
         if metric not in METRIC_NAMES:
             raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
+        if mode is None:
+            mode = gate_mode(metric)  # raises for a metric without a direction
         if mode not in MODES:
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         time_budget_s = check_time_budget(time_budget_s)

@@ -6,7 +6,7 @@ raise an ImportError naming the extra to install when missing.
 """
 
 from probattr_monitor.report.compare import Comparison, MetricComparison, compare_metrics
-from probattr_monitor.report.definitions import HIGHER_IS_BETTER, METRIC_NAMES
+from probattr_monitor.report.definitions import DEFAULT_GATE_METRIC, HIGHER_IS_BETTER, METRIC_NAMES, gate_mode
 from probattr_monitor.report.metrics import compute_metrics, metrics_from_probes
 from probattr_monitor.report.noise import (
     AS_CLASSES,
@@ -24,6 +24,7 @@ __all__ = [
     "AS_CLASSES",
     "DEFAULT_ENTROPY_MODE",
     "DEFAULT_ENTROPY_THRESHOLD",
+    "DEFAULT_GATE_METRIC",
     "HIGHER_IS_BETTER",
     "METRIC_NAMES",
     "Comparison",
@@ -37,6 +38,7 @@ __all__ = [
     "classify",
     "compare_metrics",
     "compute_metrics",
+    "gate_mode",
     "metrics_from_probes",
     "noise_flags",
     "reclassify",

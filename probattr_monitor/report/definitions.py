@@ -22,6 +22,9 @@ METRIC_NAMES = (
     "mean_entropy_full",
     "mean_kl",
     "mean_entropy_full_near_zero",
+    "mean_surprisal_prefix",
+    "mean_surprisal_prompt",
+    "mean_surprisal_full",
 )
 
 #: Direction of each metric, declared beside its definition (as torchmetrics'
@@ -38,7 +41,32 @@ HIGHER_IS_BETTER: dict[str, Optional[bool]] = {
     "mean_entropy_full": None,
     "mean_kl": None,
     "mean_entropy_full_near_zero": None,
+    "mean_surprisal_prefix": False,
+    "mean_surprisal_prompt": False,
+    "mean_surprisal_full": False,
 }
+
+#: The metric the monitor, both callbacks and ``probattr select`` gate on by default:
+#: the one the signal-validity study (docs/validation.md) found to track true
+#: convergence best. ``noise_rate`` is the paper's rule, kept under its own name.
+DEFAULT_GATE_METRIC = "mean_surprisal_prefix"
+
+
+def gate_mode(metric: str) -> str:
+    """``"min"`` or ``"max"``: how a gate on ``metric`` picks the best checkpoint, from its direction.
+
+    Raises
+    ------
+    ValueError
+        An unknown metric, or one with no declared direction (pass ``mode=`` explicitly).
+    """
+    if metric not in HIGHER_IS_BETTER:
+        raise ValueError(f"unknown metric {metric!r}; known: {METRIC_NAMES}")
+    higher = HIGHER_IS_BETTER[metric]
+    if higher is None:
+        raise ValueError(f"metric {metric!r} has no better direction of its own: pass mode='min' or mode='max'")
+    return "max" if higher else "min"
+
 
 #: ``metric -> (numerator field, denominator field)`` of :class:`ProbeMetrics`.
 RATIO_FIELDS: dict[str, tuple[str, str]] = {
@@ -52,6 +80,9 @@ RATIO_FIELDS: dict[str, tuple[str, str]] = {
     "mean_entropy_full": ("sum_entropy_full", "n_entropy_full"),
     "mean_kl": ("sum_kl", "n_kl"),
     "mean_entropy_full_near_zero": ("sum_entropy_full_near_zero", "n_entropy_full_near_zero"),
+    "mean_surprisal_prefix": ("sum_surprisal_prefix", "n_surprisal_prefix"),
+    "mean_surprisal_prompt": ("sum_surprisal_prompt", "n_surprisal_prompt"),
+    "mean_surprisal_full": ("sum_surprisal_full", "n_surprisal_full"),
 }
 
 # Why a metric is undefined when its pooled denominator is zero.
@@ -61,6 +92,9 @@ _EMPTY_REASON = {
     "n_entropy_full": "no eligible token has a finite H'",
     "n_kl": "no eligible token has a finite KL",
     "n_entropy_full_near_zero": "no near-zero token with a finite H'",
+    "n_surprisal_prefix": "no eligible token has a finite prefix surprisal (a table without surprisals?)",
+    "n_surprisal_prompt": "no eligible token has a finite surprisal (a table without surprisals?)",
+    "n_surprisal_full": "no eligible token has a finite surprisal (a table without surprisals?)",
 }
 
 

@@ -54,6 +54,10 @@ def _probe_sums(table: Any, cfg: NoiseConfig) -> tuple[list[ProbeMetrics], dict[
         excluded = np.zeros(n, bool) if special is None else special
     excluded = np.asarray(excluded, dtype=bool)
     k = _column(table, "num_candidates", required=cfg.entropy_mode == "normalized")
+    surprisals = {}
+    for name in ("surprisal_prefix", "surprisal_prompt", "surprisal_full"):
+        col = _column(table, name, required=False)
+        surprisals[name] = np.full(n, np.nan) if col is None else col.astype(np.float64)
 
     if n == 0:
         return [], {"excluded": 0, "undefined": 0}
@@ -96,6 +100,10 @@ def _probe_sums(table: Any, cfg: NoiseConfig) -> tuple[list[ProbeMetrics], dict[
         "sum_entropy_full_near_zero": total(hf, fin_hf_nz),
         "n_entropy_full_near_zero": count(fin_hf_nz),
     }
+    for name, values in surprisals.items():
+        finite = eligible & np.isfinite(values)
+        cols[f"sum_{name}"] = total(values, finite)
+        cols[f"n_{name}"] = count(finite)
     per_probe = []
     for i, pid in enumerate(ids):
         kw = {}

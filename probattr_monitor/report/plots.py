@@ -24,7 +24,7 @@ import numpy as np
 
 from probattr_monitor.io_utils import atomic_write
 from probattr_monitor.report._deps import require_matplotlib
-from probattr_monitor.report.definitions import METRIC_NAMES
+from probattr_monitor.report.definitions import DEFAULT_GATE_METRIC, METRIC_NAMES
 from probattr_monitor.report.noise import AS_CLASSES, NoiseConfig, classify, resolve_noise_config
 from probattr_monitor.report.token_view import MID_RGB, NEG_RGB, POS_RGB, probe_tokens, token_colours
 from probattr_monitor.report.values import SetMetrics
@@ -328,7 +328,7 @@ def plot_kl_vs_as(
 def plot_metrics_over_checkpoints(
     history: Sequence[tuple[Union[int, str, None], SetMetrics]],
     path: Union[str, Path],
-    metric: Union[str, Sequence[str]] = "noise_rate",
+    metric: Union[str, Sequence[str]] = DEFAULT_GATE_METRIC,
     *,
     title: Optional[str] = None,
     dpi: int = 120,

@@ -119,6 +119,11 @@ class ProbeMetrics:
     sum_kl, n_kl : float, int
         Sum and count of finite KL.
     sum_entropy_full_near_zero, n_entropy_full_near_zero : float, int
+    sum_surprisal_prefix, n_surprisal_prefix : float, int
+    sum_surprisal_prompt, n_surprisal_prompt : float, int
+    sum_surprisal_full, n_surprisal_full : float, int
+        Sums and counts of the prompt tokens' own surprisals (eligible tokens
+        with finite values).
         Sum and count of finite H' over near-zero tokens.
     """
 
@@ -141,6 +146,12 @@ class ProbeMetrics:
     n_kl: int = 0
     sum_entropy_full_near_zero: float = 0.0
     n_entropy_full_near_zero: int = 0
+    sum_surprisal_prefix: float = 0.0
+    n_surprisal_prefix: int = 0
+    sum_surprisal_prompt: float = 0.0
+    n_surprisal_prompt: int = 0
+    sum_surprisal_full: float = 0.0
+    n_surprisal_full: int = 0
 
     def value(self, name: str) -> float:
         """The metric ``name`` (one of :data:`METRIC_NAMES`) for this probe; NaN if undefined."""
@@ -197,6 +208,10 @@ class SetMetrics:
         Means over eligible tokens (nats).
     mean_entropy_full_near_zero : MetricValue
         Mean H' over near-zero tokens (the paper's threshold-free dashed line).
+    mean_surprisal_prefix, mean_surprisal_prompt, mean_surprisal_full : MetricValue
+        Mean surprisal of the probe tokens themselves: ``-log p(x_k | x_<k)``
+        (the probes' plain held-out loss), ``-log p_k(x_k)`` and ``-log p'_k(x_k)``
+        (nats). Undefined for tables written before they existed.
     class_counts : dict of str to int
         Eligible tokens per AS class.
     n_tokens, n_excluded, n_undefined : int
@@ -225,6 +240,9 @@ class SetMetrics:
     mean_entropy_full: MetricValue
     mean_kl: MetricValue
     mean_entropy_full_near_zero: MetricValue
+    mean_surprisal_prefix: MetricValue
+    mean_surprisal_prompt: MetricValue
+    mean_surprisal_full: MetricValue
     class_counts: dict
     n_tokens: int
     n_excluded: int
@@ -317,7 +335,9 @@ class SetMetrics:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SetMetrics":
         """Inverse of :meth:`to_dict`."""
-        mvs = {name: MetricValue.from_dict(data["metrics"][name]) for name in METRIC_NAMES}
+        missing = MetricValue(math.nan, note="not in this report (written before the metric existed)")
+        mvs = {name: MetricValue.from_dict(data["metrics"][name]) if name in data["metrics"] else missing
+               for name in METRIC_NAMES}
         return cls(
             **mvs,
             class_counts={c: int(data["class_counts"].get(c, 0)) for c in AS_CLASSES},

@@ -34,10 +34,11 @@ from helpers.hf import training_args  # noqa: E402
 from helpers.probes import scoring_config, write_probes  # noqa: E402
 from probattr_monitor.callbacks.hf import ProbAttrTrainerCallback  # noqa: E402
 from probattr_monitor.monitor import ProbAttrMonitor  # noqa: E402
+from probattr_monitor.report import DEFAULT_GATE_METRIC  # noqa: E402
 from probattr_monitor.sinks import read_history  # noqa: E402
 
-KEY = "eval_probattr_noise_rate"
-GATED = dict(metric_for_best_model="probattr_noise_rate", greater_is_better=False)
+KEY = f"eval_probattr_{DEFAULT_GATE_METRIC}"  # the README's gate
+GATED = dict(metric_for_best_model=f"probattr_{DEFAULT_GATE_METRIC}", greater_is_better=False)
 
 pytestmark = pytest.mark.usefixtures("one_thread", "offline_wandb")
 
@@ -131,8 +132,8 @@ def probattr_warnings(record, text: str) -> list[str]:
 @pytest.mark.parametrize("fault", ["nan-logits", "forward-raises"])
 @pytest.mark.parametrize("failed_step", [4, 8], ids=["first-evaluation", "later-evaluation"])
 def test_failed_scoring_moves_no_gate_and_training_reaches_its_last_step(tmp_path, probes, failed_step, fault):
-    """README's gates: EarlyStoppingCallback at its defaults (patience 1) after the callback, best model by noise
-    rate; every probe failing (NaN logits) or the scoring itself raising."""
+    """README's gates: EarlyStoppingCallback at its defaults (patience 1) after the callback, best model by the
+    default gate metric; every probe failing (NaN logits) or the scoring itself raising."""
     plain = plain_run(tmp_path)
     cb = callback(probes, log_dir=tmp_path / "files")
     es = EarlyStoppingCallback()

@@ -31,11 +31,12 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from helpers.lit import PROBES, TinyLitLM, trainer_kwargs, word_tokenizer  # noqa: E402
 from helpers.probes import scoring_config, write_probes  # noqa: E402
 from probattr_monitor.callbacks import ProbAttrCallback  # noqa: E402
+from probattr_monitor.report import DEFAULT_GATE_METRIC  # noqa: E402
 from probattr_monitor.sinks import read_history  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread", "offline_wandb")
 
-KEY = "probattr/noise_rate"
+KEY = f"probattr/{DEFAULT_GATE_METRIC}"  # the README's gate key
 STEPS_PER_EPOCH = 9  # 360 sentences, batch 40
 
 

@@ -42,6 +42,8 @@ def make_result(
     texts: Optional[Sequence[str]] = None,
     is_special=None,
     stderr: Optional[dict] = None,
+    token_log_joint=None,
+    token_log_prob=None,
 ) -> AttributionResult:
     """An ``AttributionResult`` at positions ``1..n`` of a prompt ``0..n``.
 
@@ -68,6 +70,9 @@ def make_result(
     is_special : array-like of bool, optional
     stderr : dict of str to array, optional
         Standard errors (default none), passed as given.
+    token_log_joint, token_log_prob : array-like of float, optional
+        The prompt tokens' own scores, giving the surprisals; default
+        ``log_denominator - 1`` (surprisal_prompt 1 nat) and -1.5.
     """
     a = np.asarray(attribution, dtype=np.float64)
     n = a.shape[0]
@@ -75,12 +80,13 @@ def make_result(
         top_prior = (np.arange(top_k), np.linspace(0.5, 0.1, top_k))
     if top_posterior is None:
         top_posterior = (np.arange(top_k)[::-1], np.linspace(0.6, 0.2, top_k))
+    log_den = _float_array(log_denominator, n, -1.0)
     return AttributionResult(
         positions=np.arange(1, n + 1, dtype=np.int64),
         token_ids=np.arange(10, 10 + n, dtype=np.int64) if token_ids is None else np.asarray(token_ids, np.int64),
         attribution=a,
         log_numerator=-1.0 - a if log_numerator is None else np.asarray(log_numerator, dtype=np.float64),
-        log_denominator=_float_array(log_denominator, n, -1.0),
+        log_denominator=log_den,
         entropy_prompt=_float_array(entropy_prompt, n, 1.0),
         entropy_full=_float_array(entropy_full, n, 1.0),
         kl=_float_array(kl, n, 0.1),
@@ -95,4 +101,6 @@ def make_result(
         token_texts=None if texts is None else tuple(texts),
         is_special=None if is_special is None else np.asarray(is_special, dtype=bool),
         stderr=stderr or {},
+        token_log_joint=log_den - 1.0 if token_log_joint is None else np.asarray(token_log_joint, np.float64),
+        token_log_prob=_float_array(token_log_prob, n, -1.5),
     )

@@ -1,0 +1,1 @@
+"""The signal-validity study: does a probattr metric track true convergence? (issue 11)."""
