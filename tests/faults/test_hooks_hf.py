@@ -13,12 +13,10 @@ training step with a message naming its cause.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ pytest.importorskip("tokenizers")
 
 from transformers import EarlyStoppingCallback, TrainerCallback  # noqa: E402
 
+from helpers.warnings_record import all_warnings, probattr_warnings  # noqa: E402
 from helpers.hf import PROBES, BlockDataset, make_corpus, make_tokenizer, make_trainer, state_dict_copy  # noqa: E402
 from helpers.hf import training_args  # noqa: E402
 from helpers.probes import scoring_config, write_probes  # noqa: E402
@@ -112,18 +111,6 @@ def same_weights(a: dict, model) -> bool:
 def eval_record(trainer, step: int) -> dict:
     (record,) = [r for r in trainer.state.log_history if "eval_loss" in r and r["step"] == step]
     return record
-
-
-@contextlib.contextmanager
-def all_warnings():
-    """Every warning emitted inside, none filtered out (so that "said once" counts real emissions)."""
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        yield record
-
-
-def probattr_warnings(record, text: str) -> list[str]:
-    return [str(w.message) for w in record if issubclass(w.category, RuntimeWarning) and text in str(w.message)]
 
 
 # --------------------------------------------------------------------------- a scoring that produced nothing

@@ -12,13 +12,11 @@ first training step with a message naming its cause.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint  # noqa: E402
 
+from helpers.warnings_record import all_warnings, probattr_warnings  # noqa: E402
 from helpers.lit import PROBES, TinyLitLM, trainer_kwargs, word_tokenizer  # noqa: E402
 from helpers.probes import scoring_config, write_probes  # noqa: E402
 from probattr_monitor.callbacks import ProbAttrCallback  # noqa: E402
@@ -118,18 +117,6 @@ def plain_weights(tok, root, **module_kw):
 
 def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-@contextlib.contextmanager
-def all_warnings():
-    """Every warning emitted inside, none filtered out (so that "said once" counts real emissions)."""
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        yield record
-
-
-def probattr_warnings(record, text: str) -> list[str]:
-    return [str(w.message) for w in record if issubclass(w.category, RuntimeWarning) and text in str(w.message)]
 
 
 # ----------------------------------------------------------------------------- a scoring that produced nothing
