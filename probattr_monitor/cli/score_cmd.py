@@ -180,9 +180,12 @@ class _Progress:
         self.bar.close()
 
 
-def _score(loaded: Any, probes: Any, config: Any, step: Any, meta: dict, progress_on: bool) -> Any:
+def _score(loaded: Any, probes: Any, config: Any, step: Any, meta: dict, progress_on: bool,
+           ranks: Any = None) -> Any:
     from probattr_monitor.scoring import score_probe_set
 
+    if ranks is not None and ranks.world_size > 1:
+        return _score_sharded(loaded, probes, config, step, meta, ranks)
     bar = _Progress(len(probes), progress_on)
     try:
         if progress_on:
@@ -197,6 +200,21 @@ def _score(loaded: Any, probes: Any, config: Any, step: Any, meta: dict, progres
         raise CLIError(f"cannot score {probes.name!r} with {loaded.name}: {exc}", code=EXIT_SCORING) from None
     finally:
         bar.close()
+
+
+def _score_sharded(loaded: Any, probes: Any, config: Any, step: Any, meta: dict, ranks: Any) -> Any:
+    """Each rank scores its shard; every rank gets the whole report (built from the gathered scores)."""
+    from probattr_monitor.cli.dist_setup import gather_in_order
+    from probattr_monitor.scoring import build_report, score_probes
+
+    try:
+        scores = score_probes(loaded.model, loaded.tokenizer, probes.shard(ranks.rank, ranks.world_size), config,
+                              on_error="record")
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"cannot score {probes.name!r} with {loaded.name}: {exc}", code=EXIT_SCORING) from None
+    scores = gather_in_order(scores, [p.id for p in probes], ranks)
+    meta = {**meta, "world_size": ranks.world_size, "sharded": True}
+    return build_report(scores, loaded.tokenizer, config, step=step, probe_set=probes, meta=meta)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -219,16 +237,25 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     probes = _load_probes(args.probes, args.limit_probes)
     logger.info("probe set %r: %d probes (fingerprint %s)", probes.name, len(probes), probes.fingerprint[:12])
-    created = prepare_output_dir(out)
+    from probattr_monitor.cli.dist_setup import start_ranks, stop_ranks
+
+    ranks = start_ranks(args.device)  # under torchrun: join the process group (rank 0 alone writes)
     try:
-        return _run_checked(args, started, spec, config, formats, out, probes)
+        if not ranks.writes:
+            return _run_checked(args, started, spec, config, formats, out, probes, ranks)
+        created = prepare_output_dir(out)
+        try:
+            return _run_checked(args, started, spec, config, formats, out, probes, ranks)
+        finally:
+            discard_if_unused(out, created)
     finally:
-        discard_if_unused(out, created)
+        stop_ranks(ranks)
 
 
 def _run_checked(args: argparse.Namespace, started: float, spec: Any, config: Any, formats: tuple, out: Path,
-                 probes: Any) -> int:
-    """Load the model, score, save: everything after the checks of :func:`run`."""
+                 probes: Any, ranks: Any = None) -> int:
+    """Load the model, score, save: everything after the checks of :func:`run` (saving on rank 0 only)."""
+    from probattr_monitor.cli.dist_setup import device_for_rank
     from probattr_monitor.cli.loading import load_model, vocab_size
 
     if args.threads is not None:
@@ -236,7 +263,7 @@ def _run_checked(args: argparse.Namespace, started: float, spec: Any, config: An
 
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model, config=args.config, tokenizer=args.tokenizer,
-                        trust_remote_code=args.trust_remote_code, device=args.device)
+                        trust_remote_code=args.trust_remote_code, device=device_for_rank(args.device))
     v = vocab_size(loaded.model)
     candidates, cand_meta = spec.resolve(v, seed=args.seed)
     config = dataclasses.replace(config, candidates=candidates)
@@ -245,7 +272,9 @@ def _run_checked(args: argparse.Namespace, started: float, spec: Any, config: An
                 cand_meta["kind"])
     meta = {"model": {"name": loaded.name, **loaded.meta}, "candidates_spec": cand_meta,
             "limit_probes": args.limit_probes, "command": shlex.join(["probattr", *args.argv])}
-    report = _score(loaded, probes, config, step, meta, args.progress)
+    report = _score(loaded, probes, config, step, meta, args.progress, ranks)
+    if ranks is not None and not ranks.writes:
+        return 0
 
     errors = report.meta.get("errors") or {}
     if len(errors) == len(probes):
