@@ -58,3 +58,26 @@ def test_bf16_forwards_stay_within_the_documented_tolerance_of_fp32(factory, tol
     assert worst["attribution"] <= tol_as, worst
     assert worst["entropy_prompt"] <= tol_h and worst["entropy_full"] <= tol_h, worst
     assert worst["attribution"] > 0  # the bf16 forwards did run in bf16
+
+
+def test_score_dtype_bfloat16_runs_the_model_in_bf16_and_records_it(tmp_path):
+    import json
+
+    from helpers.lit import PROBES, word_tokenizer
+    from helpers.probes import write_probes
+    from probattr_monitor.cli import main
+
+    tok = word_tokenizer()
+    one_layer_gpt2(len(tok), seed=1).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    probes = write_probes(tmp_path / "probes.jsonl", PROBES)
+    for dtype in ("float32", "bfloat16"):
+        assert main(["score", "--model", str(tmp_path / "model"), "--probes", str(probes), "--out",
+                     str(tmp_path / dtype), "--dtype", dtype, "--candidates", "all", "--max-new-tokens", "3",
+                     "--n-boot", "0", "--no-plots", "--formats", "csv", "-q"]) == 0
+    fp32, bf16 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("float32", "bfloat16"))
+    assert bf16["meta"]["model"]["dtype"] == "bfloat16"
+    assert fp32["meta"]["responses"] == bf16["meta"]["responses"]  # same greedy responses: comparable tables
+    a = fp32["metrics"]["metrics"]["mean_abs_as"]["value"]
+    b = bf16["metrics"]["metrics"]["mean_abs_as"]["value"]
+    assert a != b and abs(a - b) <= 0.005

@@ -89,6 +89,9 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow custom model code shipped with the model (off by default)")
     g.add_argument("--device", default="cpu", help="torch device to run on (default: %(default)s)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="run the model's forwards in this dtype (default: as loaded, float32 for a .ckpt); "
+                        "log-softmax reductions stay float32/float64")
     g.add_argument("--threads", type=_positive_int, metavar="N",
                    help="CPU threads torch may use (default: torch's choice; 1 is often fastest for small "
                         "models on a busy machine)")
@@ -263,7 +266,8 @@ def _run_checked(args: argparse.Namespace, started: float, spec: Any, config: An
 
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model, config=args.config, tokenizer=args.tokenizer,
-                        trust_remote_code=args.trust_remote_code, device=device_for_rank(args.device))
+                        trust_remote_code=args.trust_remote_code, device=device_for_rank(args.device),
+                        dtype=args.dtype)
     v = vocab_size(loaded.model)
     candidates, cand_meta = spec.resolve(v, seed=args.seed)
     config = dataclasses.replace(config, candidates=candidates)

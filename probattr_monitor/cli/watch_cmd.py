@@ -84,6 +84,9 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     g.add_argument("--limit-probes", type=_positive_int, metavar="N", help="score only the first N probes")
     g.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
     g.add_argument("--device", default="cpu", help="torch device (under torchrun 'cuda' is cuda:LOCAL_RANK)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="run the model's forwards in this dtype (default: as loaded, float32 for a .ckpt); "
+                        "log-softmax reductions stay float32/float64")
     g.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads torch may use")
     s = p.add_argument_group("scoring and gate")
     s.add_argument("--candidates", default="budget", metavar="SPEC", help=CANDIDATES_HELP)
@@ -238,7 +241,8 @@ def _score_one(args: argparse.Namespace, monitor: Any, cand: Candidate, ranks: A
     loaded = None
     try:
         loaded = load_model(str(cand.path), config=args.config, tokenizer=args.tokenizer,
-                            trust_remote_code=args.trust_remote_code, device=device_for_rank(args.device))
+                            trust_remote_code=args.trust_remote_code, device=device_for_rank(args.device),
+                            dtype=args.dtype)
         candidates, _ = parse_candidates(args.candidates).resolve(vocab_size(loaded.model), seed=args.seed)
         monitor.scoring = dataclasses.replace(monitor.scoring, candidates=candidates)
         monitor.setup(loaded.model, loaded.tokenizer)
