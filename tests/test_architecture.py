@@ -27,7 +27,8 @@ ALLOWED = {
     "monitor": {"distributed", "engine", "probes", "report", "scoring", "version"},
     "sinks": {"distributed", "io_utils", "report"},
     "callbacks": {"distributed", "engine", "monitor", "report", "scoring", "sinks", "tokenization"},
-    "cli": {"engine", "models", "probes", "report", "scoring", "version"},
+    "cli": {"distributed", "engine", "io_utils", "models", "monitor", "probes", "report", "scoring", "sinks",
+            "version"},
 }
 
 TRAINING_FRAMEWORKS = ("lightning", "pytorch_lightning", "accelerate", "deepspeed")

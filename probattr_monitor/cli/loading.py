@@ -70,8 +70,9 @@ def load_model(
     tokenizer: Optional[str] = None,
     trust_remote_code: bool = False,
     device: str = "cpu",
+    dtype: Optional[str] = None,
 ) -> LoadedModel:
-    """Load ``--model`` with its tokenizer.
+    """Load ``--model`` with its tokenizer (``dtype``: ``"bfloat16"``, ``"float16"`` or ``"float32"``, or as loaded).
 
     Raises
     ------
@@ -89,6 +90,11 @@ def load_model(
         if config is not None:
             logger.warning("--config is only used with .ckpt checkpoints; ignoring it")
         loaded = _load_pretrained(spec, path, tokenizer, trust_remote_code)
+    if dtype is not None:
+        import torch
+
+        loaded.model.to(getattr(torch, dtype))  # the engine reduces half-precision logits in float32
+        loaded.meta["dtype"] = dtype
     if device != "cpu":
         try:
             loaded.model.to(device)

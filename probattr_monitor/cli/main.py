@@ -9,7 +9,7 @@ import sys
 import traceback
 from typing import NoReturn, Optional, Sequence
 
-from probattr_monitor.cli import compare_cmd, probes_cmd, score_cmd, select_cmd
+from probattr_monitor.cli import compare_cmd, probes_cmd, score_cmd, select_cmd, watch_cmd
 from probattr_monitor.cli.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"probattr-monitor {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", parser_class=_Parser)
     sub.required = True
-    for module in (score_cmd, compare_cmd, select_cmd, probes_cmd):
+    for module in (score_cmd, compare_cmd, select_cmd, probes_cmd, watch_cmd):
         module.add_parser(sub, [common])
     return parser
 
@@ -183,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
     args.argv = argv
     args.progress = not args.quiet and sys.stderr.isatty()
-    state = _configure_logging(args.verbose, args.quiet, args.command == "score", args.progress)
+    state = _configure_logging(args.verbose, args.quiet, args.command in ("score", "watch"), args.progress)
     try:
         return int(args.func(args))
     except CLIError as exc:

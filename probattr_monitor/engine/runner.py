@@ -29,7 +29,13 @@ from typing import Any, Optional
 
 import torch
 
-from probattr_monitor.engine.memory import CANDIDATE_BATCH, FULL_PASS, forward_site, is_out_of_memory
+from probattr_monitor.engine.memory import (
+    CANDIDATE_BATCH,
+    FULL_PASS,
+    device_memory_budget,
+    forward_site,
+    is_out_of_memory,
+)
 from probattr_monitor.engine.overflow import IndexOverflow, find_index_overflow
 
 logger = logging.getLogger(__name__)
@@ -80,9 +86,9 @@ class ModelRunner:
 
     def __init__(self, model: torch.nn.Module, memory_budget_bytes: int, use_cache: Optional[bool] = None):
         self.model = model
-        self.memory_budget_bytes = int(memory_budget_bytes)
         self.use_cache = use_cache
         self.device = _model_device(model)
+        self.memory_budget_bytes = device_memory_budget(self.device, int(memory_budget_bytes))
         self.path = "full"
         self._decoder = None
         self._head = None
@@ -264,7 +270,10 @@ class ModelRunner:
         flat_targets = targets.to(flat.device).expand(batch, n_rows).reshape(-1)
         vocab = self._head.out_features if from_hidden else width
         rows_per_chunk = max(1, min(HEAD_CHUNK_BYTES, self.memory_budget_bytes // 4) // (vocab * _FLOAT32_BYTES))
-        out = torch.empty(flat.shape[0], dtype=torch.float64)
+        # results and the finiteness flag stay on the model's device until the end: one host
+        # synchronisation per batch, not one per chunk (on CPU nothing changes)
+        out = torch.empty(flat.shape[0], dtype=torch.float64, device=flat.device)
+        finite = torch.ones((), dtype=torch.bool, device=flat.device)
         for start in range(0, flat.shape[0], rows_per_chunk):
             stop = min(start + rows_per_chunk, flat.shape[0])
             logits = self._head(flat[start:stop]) if from_hidden else flat[start:stop]
@@ -275,13 +284,14 @@ class ModelRunner:
             tgt = logits.gather(1, flat_targets[start:stop, None])[:, 0].double()
             top = logits.amax(dim=-1, keepdim=True)
             lse = logits.sub_(top).exp_().sum(dim=-1).double().log_() + top[:, 0].double()
-            if not (torch.isfinite(lse).all() and torch.isfinite(tgt).all()):
-                raise ValueError(
-                    "the model produced non-finite (NaN or inf) logits in a candidate forward pass; "
-                    "attribution is undefined for a diverged model"
-                )
-            out[start:stop] = (tgt - lse).cpu()
-        return out.reshape(batch, n_rows)
+            finite &= torch.isfinite(lse).all() & torch.isfinite(tgt).all()
+            out[start:stop] = tgt - lse
+        if not bool(finite):
+            raise ValueError(
+                "the model produced non-finite (NaN or inf) logits in a candidate forward pass; "
+                "attribution is undefined for a diverged model"
+            )
+        return out.cpu().reshape(batch, n_rows)
 
 
 # ---------------------------------------------------------------------- helpers
