@@ -99,3 +99,41 @@ def test_sample_size_for_rate_precision():
     # from 950 positions it needs nearly all of them.
     assert sample_size_for(0.6, 0.01, 10 ** 9) == math.ceil(1.959963984540054 ** 2 * 0.24 / 1e-4)
     assert sample_size_for(0.6, 0.01, 950) > 860
+
+
+def test_replay_of_a_share_of_positions_reports_error_and_coverage():
+    from benchmarks.sampled_rates import replay_noise_rate
+
+    rng = np.random.default_rng(0)
+    flags = rng.random(950) < 0.6
+    full = replay_noise_rate(flags, 1.0, seeds=5)
+    assert full.p95_abs_error == 0.0 and full.mean_sampled == 950
+    tenth = replay_noise_rate(flags, 0.1, seeds=400)
+    # SRS floor at n = 95 of 950: SE ~ sqrt(p(1-p)/95 * 0.9) ~ 0.048, p95 |error| ~ 0.09
+    assert 0.07 < tenth.p95_abs_error < 0.12
+    assert 0.90 <= tenth.coverage <= 0.98
+    assert tenth.positions_needed_for_001 > 850
+
+
+def test_hajek_mean_bias_small_by_enumeration_and_coverage_by_simulation():
+    from probattr_monitor.report.sampling import hajek_mean
+
+    y = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 1.0])
+    pi = np.full(10, 0.6)
+    expect = total = 0.0
+    for m, prob in _enumerate(y, pi):
+        if m.any():
+            expect += prob * hajek_mean(y[m], pi[m]).value
+            total += prob
+    assert abs(expect / total - y.mean()) < 1e-12  # equal pi: conditionally unbiased given n >= 1
+    rng = np.random.default_rng(3)
+    pop = (rng.random(950) < 0.6).astype(float)
+    pis = inclusion_probabilities(950, 95)
+    covered = 0
+    for s in range(1000):
+        m = poisson_sample(pis, s)
+        est = hajek_mean(pop[m], pis[m])
+        covered += est.ci_low <= pop.mean() <= est.ci_high
+    assert 0.92 <= covered / 1000 <= 0.97
+    with pytest.raises(ValueError, match="empty"):
+        hajek_mean([], [])
