@@ -137,3 +137,14 @@ def test_hajek_mean_bias_small_by_enumeration_and_coverage_by_simulation():
     assert 0.92 <= covered / 1000 <= 0.97
     with pytest.raises(ValueError, match="empty"):
         hajek_mean([], [])
+
+
+def test_full_vocab_fixture_matches_exact_where_the_budget_covers_the_vocabulary(tmp_path):
+    from benchmarks.full_vocab import _fixture
+    from tests.helpers.models import tiny_gpt2
+
+    model = tiny_gpt2(64, 0)
+    fx = _fixture(model, [1, 5, 9, 12, 3], [7, 8], 3, "p")
+    assert fx["position"] == 3 and fx["exact_token_forwards"] > 0
+    # Budget() covers a 64-id vocabulary: the budgeted estimate is exact scoring
+    assert fx["budgeted_as"] == pytest.approx(fx["exact_as"], abs=1e-9)
