@@ -141,10 +141,30 @@ def test_hajek_mean_bias_small_by_enumeration_and_coverage_by_simulation():
 
 def test_full_vocab_fixture_matches_exact_where_the_budget_covers_the_vocabulary(tmp_path):
     from benchmarks.full_vocab import _fixture
-    from tests.helpers.models import tiny_gpt2
+    from helpers.models import tiny_gpt2
 
     model = tiny_gpt2(64, 0)
     fx = _fixture(model, [1, 5, 9, 12, 3], [7, 8], 3, "p")
     assert fx["position"] == 3 and fx["exact_token_forwards"] > 0
     # Budget() covers a 64-id vocabulary: the budgeted estimate is exact scoring
     assert fx["budgeted_as"] == pytest.approx(fx["exact_as"], abs=1e-9)
+
+
+def test_monitor_cost_replays_a_saved_report_side_by_side(tmp_path, capsys):
+    from benchmarks.monitor_cost import main
+    from helpers.lit import PROBES, word_tokenizer
+    from helpers.models import one_layer_gpt2
+    from helpers.probes import scoring_config, write_probes
+    from probattr_monitor.probes import load_probe_set
+    from probattr_monitor.scoring import score_probe_set
+
+    tok = word_tokenizer()
+    probes = load_probe_set(write_probes(tmp_path / "probes.jsonl", PROBES))
+    report = score_probe_set(one_layer_gpt2(len(tok), seed=0), tok, probes, scoring_config(), step=1)
+    report.save(tmp_path / "rep")
+    main(["--replay-report", str(tmp_path / "rep"), "--share", "0.5", "--seeds", "50"])
+    out = capsys.readouterr().out
+    n = int((~report.table["excluded"].astype(bool)).sum())
+    rate = report.table[~report.table["excluded"].astype(bool)]["noise"].astype(bool).mean()
+    assert f"{n} scored positions, noise rate {rate:.4f}" in out
+    assert "Poisson sample, Hajek" in out and "today (every position)" in out
