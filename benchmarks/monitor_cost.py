@@ -19,6 +19,22 @@ its probes (no model call), and the seconds from the measured throughput.
 Run::
 
     python benchmarks/monitor_cost.py --probes 4 [--set reasonable-en] [--threads 2] [--json out.json]
+
+Two further modes (no model needed for the first, seconds):
+
+* ``--replay-report DIR [--share 0.1] [--seeds 1000]``: on a report scored with
+  today's default (every position), replay a Poisson sample of a share of the
+  positions over seeds and print, side by side with the full scoring, the
+  token-forwards (the share of the budgeted part; the full pass stays on every
+  position), the Hájek noise rate's p95 error against the full table's rate
+  and its CI coverage (see ``benchmarks/sampled_rates.py`` for what the replay
+  approximates).
+* ``--full-vocab-fixtures DIR [--positions 12]``: score that many SmolLM2
+  positions (late positions of the first probes, short responses) exactly
+  over all 49,152 ids and with ``Budget()``, store each as a JSON fixture in
+  DIR (skipping those already there), and print p95 |ΔAS| and the share of
+  errors within two reported standard errors. About 10 minutes per position on
+  2 idle cores; replays in seconds once stored.
 """
 
 from __future__ import annotations
@@ -43,9 +59,22 @@ def main(argv=None) -> None:
     parser.add_argument("--probes", type=int, default=4, help="how many of its probes to score")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--replay-report", default=None, help="report directory scored with today's default")
+    parser.add_argument("--share", type=float, default=0.1, help="share of positions sampled in the replay")
+    parser.add_argument("--seeds", type=int, default=1000, help="seeds of the replay")
+    parser.add_argument("--full-vocab-fixtures", default=None, help="directory of full-vocabulary fixtures")
+    parser.add_argument("--positions", type=int, default=12, help="positions scored over the full vocabulary")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.replay_report:
+        replay_report(args.replay_report, args.share, args.seeds)
+        return
+    if args.full_vocab_fixtures:
+        from benchmarks.full_vocab import run_full_vocab
+
+        run_full_vocab(args.full_vocab_fixtures, args.positions, args.set)
+        return
 
     model, tok = load_model_and_tokenizer("smollm2")
     config = ScoringConfig()  # the monitor's default
@@ -105,6 +134,26 @@ def main(argv=None) -> None:
           f"token-forwards, ~{summary['set_seconds_estimate'] / 60:.0f} min per scoring at this throughput")
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))
+
+
+def replay_report(directory: str, share: float, seeds: int) -> None:
+    """Print today's default and a sampled scoring side by side, replayed on a fully scored report."""
+    from benchmarks.sampled_rates import replay_noise_rate
+    from probattr_monitor.report import Report
+
+    report = Report.load(directory)
+    table = report.table
+    scored = table[~table["excluded"].astype(bool)] if "excluded" in table.columns else table
+    flags = scored["noise"].astype(bool).to_numpy()
+    summary = replay_noise_rate(flags, share, seeds=seeds)
+    print(f"{len(flags)} scored positions, noise rate {summary.full_rate:.4f} (today's default, every position)")
+    print(f"{'scoring':<28} {'budgeted share':>14} {'p95 |d noise rate|':>19} {'CI coverage':>12}")
+    print(f"{'today (every position)':<28} {1.0:>14.2f} {0.0:>19.4f} {'-':>12}")
+    print(f"{'Poisson sample, Hajek':<28} {share:>14.2f} {summary.p95_abs_error:>19.4f} {summary.coverage:>12.3f}")
+    print(f"mean positions sampled {summary.mean_sampled:.1f}; a ±0.01 CI at this rate needs "
+          f"{summary.positions_needed_for_001} of {len(flags)} positions")
+    print(f"token-forwards: the budgeted part scales with the share (~{share:.2f} of today's), "
+          f"the full pass (L per probe) stays on every position")
 
 
 if __name__ == "__main__":
