@@ -129,3 +129,25 @@ def test_summary_kendall_tau_and_interval():
     assert s["variants"][0]["mean_surprisal_prefix"] == pytest.approx(2.25)
     recs[1]["probes"], recs[2]["probes"] = recs[2]["probes"], recs[1]["probes"]
     assert summarise(recs, n_boot=50)["kendall_tau"] == pytest.approx(4 / 6)
+
+
+def test_ladder_metric_equals_the_monitors_mean_surprisal_prefix():
+    """The ladder's gate-only path gives the value a full monitor scoring reports (same probes, same model)."""
+    from benchmarks.validity.ladder import probe_surprisals
+    from helpers.hf import make_corpus, make_tokenizer
+    from helpers.models import tiny_gpt2
+    from probattr_monitor.monitor import ProbAttrMonitor
+    from probattr_monitor.probes import ProbeSet
+    from probattr_monitor.scoring import ScoringConfig
+
+    tok = make_tokenizer()
+    model = tiny_gpt2(len(tok), 0)
+    records = [{"id": f"p{i}", "prompt": s} for i, s in enumerate(make_corpus(5, seed=3))]
+    probes = ProbeSet.from_records(records, name="ladder-oracle")
+    cfg = ScoringConfig(max_new_tokens=4)
+    monitor = ProbAttrMonitor(probes, tokenizer=tok, scoring=cfg)
+    report = monitor.run(model, step=0)
+    per_probe = probe_surprisals(model, tok, probes, cfg)
+    value = sum(s for _, s, _ in per_probe) / sum(n for _, _, n in per_probe)
+    assert [p for p, _, _ in per_probe] == [r["id"] for r in records]
+    assert value == pytest.approx(report.metrics.mean_surprisal_prefix.value, rel=1e-9)

@@ -38,9 +38,8 @@ from probattr_monitor.tokenization import special_ids
 
 logger = logging.getLogger("benchmarks.validity.ladder")
 
-VARIANTS = (Variant("original", 0.0), Variant("interp", 0.02), Variant("interp", 0.05), Variant("interp", 0.1),
-            Variant("interp", 0.2), Variant("noise", 0.02), Variant("noise", 0.05), Variant("drop", 2),
-            Variant("drop", 6))
+VARIANTS = (Variant("original", 0.0), Variant("interp", 0.05), Variant("interp", 0.1), Variant("interp", 0.2),
+            Variant("noise", 0.05), Variant("drop", 2), Variant("drop", 6))
 QUICK_VARIANTS = (Variant("original", 0.0), Variant("interp", 0.05), Variant("noise", 0.05), Variant("drop", 2))
 WINDOW = 256
 
@@ -114,7 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/ladder"))
     ap.add_argument("--quick", action="store_true", help="4 variants, 8 probes, 4k held-out tokens")
     ap.add_argument("--tokens", type=int, default=None, help="held-out tokens (default 50000, quick 4096)")
-    ap.add_argument("--probes", type=int, default=None, help="first N probes (default: all)")
+    ap.add_argument("--probes", type=int, default=None, help="N probes evenly spread over the set (default: all)")
+    ap.add_argument("--only", default=None, help="comma-separated variant names to score (others only read back)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
@@ -123,29 +123,44 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from probattr_monitor.models import load_model_and_tokenizer
 
-    base, tokenizer = load_model_and_tokenizer("smollm2")
+    from transformers import AutoTokenizer
+
+    from probattr_monitor.models import smollm2_gguf_path
+
+    gguf = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     variants = QUICK_VARIANTS if args.quick else VARIANTS
+    only = set(args.only.split(",")) if args.only else None
     n_tokens = args.tokens or (4096 if args.quick else 50_000)
-    n_probes = args.probes or (8 if args.quick else None)
-    probes = list(load_probe_set("reasonable-en"))[:n_probes]
+    all_probes = list(load_probe_set("reasonable-en"))
+    n_probes = min(args.probes or (8 if args.quick else len(all_probes)), len(all_probes))
+    probes = [all_probes[int(i)] for i in np.unique(np.linspace(0, len(all_probes) - 1, n_probes).round())]
     ids = tokenizer(build_corpus().text("held_out"), add_special_tokens=False)["input_ids"][:n_tokens]
     windows = chunk_ids(ids, WINDOW, tokenizer.bos_token_id)
     args.out.mkdir(parents=True, exist_ok=True)
-    records = []
+    records, base = [], None
     for v in variants:
         path = args.out / f"{v.name}.json"
         if path.is_file():
             rec = json.loads(path.read_text())
-            if rec.get("held_out_tokens_requested") == len(ids) and len(rec["probes"]) == len(probes):
+            if rec.get("held_out_tokens_requested") == len(ids) and [p[0] for p in rec["probes"]] == [
+                    p.id for p in probes]:
                 records.append(rec)
                 logger.info("%s: recorded", v.name)
                 continue
+        if only is not None and v.name not in only:
+            continue
+        if base is None:
+            base, tokenizer = load_model_and_tokenizer("smollm2")
         rec = score_variant(base, tokenizer, v, windows, probes, args.seed)
         rec["held_out_tokens_requested"] = len(ids)
         atomic_write_text(path, json.dumps(rec, indent=1))
         logger.info("%s: ppl %.2f  mean_surprisal_prefix %.3f", v.name, rec["perplexity"],
                     rec["mean_surprisal_prefix"])
         records.append(rec)
+    if len(records) < len(variants):
+        logger.info("%d of %d variants recorded; run again without --only to summarise", len(records), len(variants))
+        return 0
     summary = summarise(records)
     atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=1))
     text = markdown(summary, records[0]["held_out_tokens"])
