@@ -290,7 +290,8 @@ class ProbAttrCallback(Callback):
         self.shard_probes = shard_probes
         # Sinks are built now so that bad settings raise before training.
         self._wandb_sink_args = {"prefix": self.monitor.prefix, "max_rows_per_table": max_rows_per_table,
-                                 "log_plots": self.log_plots}
+                                 "log_plots": self.log_plots, "gate_metric": self.monitor.metric,
+                                 "gate_mode": self.monitor.mode}
         WandbSink(**self._wandb_sink_args)
         self._file_formats = tuple(file_formats)
         if self.log_dir is not None:
