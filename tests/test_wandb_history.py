@@ -204,8 +204,8 @@ def test_lightning_wandb_logger_run_holds_the_history_and_the_best(tmp_path):
     wl = WandbLogger(save_dir=str(tmp_path), offline=True, project="probattr-history")
     cb = ProbAttrCallback(probes=probes, scoring=scoring_config(), every_n_steps=4, wandb="auto", log_plots=True,
                           log_dir=tmp_path / "files")
-    trainer = pl.Trainer(callbacks=[cb], logger=wl, **trainer_kwargs(default_root_dir=tmp_path, max_epochs=1,
-                                                                     log_every_n_steps=50))
+    trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(default_root_dir=tmp_path, max_epochs=1, logger=wl,
+                                                          log_every_n_steps=50))
     trainer.fit(TinyLitLM(tok))
     run_dir = Path(wl.experiment.dir).parent
     wl.experiment.finish()
