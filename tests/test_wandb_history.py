@@ -255,3 +255,37 @@ def test_hf_wandb_callback_run_holds_the_history_and_the_best(tmp_path, monkeypa
     assert np.isfinite(summary[f"probattr/best/{G}_ci_high"])
     for name in ("gate_history.png", "noise_heatmap.png"):
         assert (tmp_path / "files" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lightning_resume_from_a_checkpoint_keeps_the_wandb_history(tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import WandbLogger
+
+    from probattr_monitor.callbacks import ProbAttrCallback
+
+    tok = word_tokenizer()
+    probes = str(write_probes(tmp_path / "probes.jsonl", PROBES))
+
+    def fit(where, epochs, ckpt_path=None):
+        pl.seed_everything(0, verbose=False)
+        wl = WandbLogger(save_dir=str(where), offline=True, project="probattr-history")
+        cb = ProbAttrCallback(probes=probes, scoring=scoring_config(), every_n_steps=4, wandb="auto",
+                              log_plots=False)
+        ck = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        trainer = pl.Trainer(callbacks=[cb, ck], **trainer_kwargs(default_root_dir=where, max_epochs=epochs,
+                                                                  logger=wl, log_every_n_steps=50,
+                                                                  enable_checkpointing=True))
+        trainer.fit(TinyLitLM(tok), ckpt_path=ckpt_path)
+        run_dir = Path(wl.experiment.dir).parent
+        wl.experiment.finish()
+        return cb, run_dir
+
+    first, _ = fit(tmp_path / "a", 1)
+    before = [h.step for h in first.history]
+    second, run_dir = fit(tmp_path / "b", 2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    after = [h.step for h in second.history]
+    assert len(after) > len(before) >= 2
+    table = last_table(run_dir, "probattr/history/probes")
+    steps = sorted({r[table["columns"].index("step")] for r in table["data"]})
+    assert steps == after  # the steps scored before the resume are in the resumed run's last version
