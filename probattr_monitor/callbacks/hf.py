@@ -526,7 +526,8 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
 
     def _make_wandb_sink(self) -> WandbSink:
         run = self.wandb if is_wandb_run(self.wandb) else None  # None: follow wandb.run
-        return WandbSink(run, prefix=self.prefix, log_scalars=True, log_plots=self.plots, warn=False)
+        return WandbSink(run, prefix=self.prefix, log_scalars=True, log_plots=self.plots, warn=False,
+                         gate_metric=self.monitor.metric, gate_mode=self.monitor.mode)
 
     def _log(self, report: Report, step: int, entry: HistoryEntry) -> None:
         if self._router is None:

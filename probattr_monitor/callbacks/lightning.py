@@ -290,12 +290,14 @@ class ProbAttrCallback(Callback):
         self.shard_probes = shard_probes
         # Sinks are built now so that bad settings raise before training.
         self._wandb_sink_args = {"prefix": self.monitor.prefix, "max_rows_per_table": max_rows_per_table,
-                                 "log_plots": self.log_plots}
+                                 "log_plots": self.log_plots, "gate_metric": self.monitor.metric,
+                                 "gate_mode": self.monitor.mode}
         WandbSink(**self._wandb_sink_args)
         self._file_formats = tuple(file_formats)
         if self.log_dir is not None:
             FileSink(self.log_dir, formats=self._file_formats, plots=self.log_plots)
         self._router: Optional[ReportRouter] = None
+        self._wandb_history_state: Optional[dict] = None  # WandbSink.state_dict() from a checkpoint
         self._gates = GateHold()
         self._model: Optional[torch.nn.Module] = None
         self._attempted: set[int] = set()
@@ -321,11 +323,18 @@ class ProbAttrCallback(Callback):
         return self.monitor.schedule
 
     def state_dict(self) -> dict[str, Any]:
-        return {"monitor": self.monitor.state_dict(), "failures": list(self.failures)}
+        state = {"monitor": self.monitor.state_dict(), "failures": list(self.failures)}
+        sink = self._router.wandb_sink if self._router is not None else None
+        if sink is not None:  # the W&B history tables, so a resumed run re-logs every step
+            state["wandb_history"] = sink.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.monitor.load_state_dict(state_dict.get("monitor", {}))
         self.failures = list(state_dict.get("failures", []))
+        self._wandb_history_state = state_dict.get("wandb_history")
+        if self._router is not None and self._router.wandb_sink is not None and self._wandb_history_state:
+            self._router.wandb_sink.load_state_dict(self._wandb_history_state)
 
     def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
                            checkpoint: dict[str, Any]) -> None:
@@ -441,6 +450,8 @@ class ProbAttrCallback(Callback):
         if run is not None:
             # With a WandbLogger the scalars reach W&B through Lightning; with the user's own run they don't.
             wandb_sink = WandbSink(run, log_scalars=not via_logger, warn=False, **self._wandb_sink_args)
+            if self._wandb_history_state:
+                wandb_sink.load_state_dict(self._wandb_history_state)
         directory = self.log_dir
         if directory is None and run is None:
             directory = default_dir

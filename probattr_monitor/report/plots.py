@@ -388,3 +388,93 @@ def plot_metrics_over_checkpoints(
     fig.suptitle(title or "probattr metrics across checkpoints")
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def plot_gate_history(
+    steps: Sequence[int],
+    values: Sequence[float],
+    lows: Sequence[float],
+    highs: Sequence[float],
+    path: Union[str, Path],
+    *,
+    metric: str = DEFAULT_GATE_METRIC,
+    best_step: Optional[int] = None,
+    dpi: int = 120,
+) -> Path:
+    """The gate metric against step with its bootstrap interval band, the best step marked.
+
+    Parameters
+    ----------
+    steps, values, lows, highs : sequences of equal length
+        One entry per scoring, in step order.
+    path : str or Path
+    metric : str
+        Axis label.
+    best_step : int, optional
+        Drawn as a dashed vertical line.
+    dpi : int
+
+    Returns
+    -------
+    Path
+    """
+    x = np.asarray(steps, dtype=np.float64)
+    fig = _figure((8.0, 3.2), dpi)
+    ax = fig.add_subplot(1, 1, 1)
+    if len(x):
+        ax.fill_between(x, np.asarray(lows, dtype=np.float64), np.asarray(highs, dtype=np.float64), alpha=0.25,
+                        color="#1f77b4", linewidth=0, label="bootstrap interval")
+        ax.plot(x, np.asarray(values, dtype=np.float64), marker="o", color="#1f77b4", label=metric)
+        if best_step is not None:
+            ax.axvline(float(best_step), color="#d62728", linestyle="--", linewidth=1, label=f"best: step {best_step}")
+        ax.legend(loc="best", fontsize=8)
+    else:
+        _no_data(ax, "no scorings")
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"probattr gate metric {metric} by step")
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_noise_heatmap(
+    probe_ids: Sequence[str],
+    steps: Sequence[int],
+    rates: Any,
+    path: Union[str, Path],
+    *,
+    dpi: int = 120,
+) -> Path:
+    """Per-probe noise rate by step as a heat map (rows: probes, columns: steps; NaN cells blank).
+
+    Parameters
+    ----------
+    probe_ids : sequence of str
+    steps : sequence of int
+    rates : array-like, shape (len(probe_ids), len(steps))
+    path : str or Path
+    dpi : int
+
+    Returns
+    -------
+    Path
+    """
+    data = np.asarray(rates, dtype=np.float64).reshape(len(probe_ids), len(steps))
+    fig = _figure((max(4.0, 0.5 * len(steps) + 2.5), max(2.5, 0.3 * len(probe_ids) + 1.5)), dpi)
+    ax = fig.add_subplot(1, 1, 1)
+    if data.size:
+        im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
+                       interpolation="nearest")
+        fig.colorbar(im, ax=ax, label="noise rate")
+        ax.set_xticks(np.arange(len(steps)))
+        ax.set_xticklabels([str(s) for s in steps], rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(np.arange(len(probe_ids)))
+        ax.set_yticklabels([_display(str(p)) for p in probe_ids], fontsize=7)
+    else:
+        _no_data(ax, "no scorings")
+    ax.set_xlabel("step")
+    ax.set_ylabel("probe")
+    fig.suptitle("probattr noise rate per probe by step")
+    fig.tight_layout()
+    return _save(fig, path, dpi)

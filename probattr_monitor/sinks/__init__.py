@@ -15,6 +15,7 @@ File names and table keys live in :mod:`~probattr_monitor.sinks.files` and
 """
 
 from probattr_monitor.sinks.files import FileSink, read_history
+from probattr_monitor.sinks.history import ScoringHistory
 from probattr_monitor.sinks.wandb import WandbSink
 
-__all__ = ["FileSink", "WandbSink", "read_history"]
+__all__ = ["FileSink", "ScoringHistory", "WandbSink", "read_history"]

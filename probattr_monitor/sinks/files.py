@@ -7,6 +7,10 @@ Layout::
     <directory>/step-00000120/           one report per scoring (Report.save)
         tokens.csv, report.json, metrics.json
         entropy_vs_as.png, kl_vs_as.png, tokens_<probe>.png, tokens_<probe>.html
+    <directory>/history_state.json       the ScoringHistory of every scoring (probe and token rows)
+    <directory>/probe_history.csv        its probe rows: one per probe and step, plus the set row "*"
+    <directory>/gate_history.png         gate metric by step with its interval band (plots)
+    <directory>/noise_heatmap.png        noise rate per probe by step (plots)
 
 Each report directory is replaced as a whole (:meth:`Report.save`) before its
 line is added to ``history.jsonl``, so every line names a complete report.
@@ -19,7 +23,9 @@ rewrite.
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import io
 import json
 import logging
 import warnings
@@ -29,12 +35,16 @@ from typing import Any, Optional, Sequence
 from probattr_monitor.io_utils import atomic_write_text
 from probattr_monitor.report import Report
 from probattr_monitor.report.figures import DEFAULT_MAX_TOKEN_PLOTS, render_plots
+from probattr_monitor.report.definitions import DEFAULT_GATE_METRIC
 from probattr_monitor.report.report import TABLE_FILES, normalize_meta
+from probattr_monitor.sinks.history import ScoringHistory, render_history_figures
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.jsonl"
+HISTORY_STATE_FILE = "history_state.json"
+PROBE_HISTORY_FILE = "probe_history.csv"
 
 
 def step_dir_name(step: int) -> str:
@@ -83,6 +93,14 @@ class FileSink:
         Also write the figures (PNG) and the coloured-token HTML pages.
     max_token_plots : int
         Probes that get a coloured-token figure per scoring.
+    gate_metric : str
+        The metric of ``gate_history.png``.
+    gate_mode : {"min", "max"}, optional
+        Default: from the metric's direction.
+
+    The history (``history_state.json``) is read back from ``directory`` at
+    the first :meth:`log`, so a resumed run writing to the same directory
+    keeps the rows of the scorings before the resume.
 
     Raises
     ------
@@ -91,7 +109,8 @@ class FileSink:
     """
 
     def __init__(self, directory: str | Path, *, formats: Sequence[str] = ("csv", "json"), plots: bool = True,
-                 max_token_plots: int = DEFAULT_MAX_TOKEN_PLOTS) -> None:
+                 max_token_plots: int = DEFAULT_MAX_TOKEN_PLOTS, gate_metric: str = DEFAULT_GATE_METRIC,
+                 gate_mode: Optional[str] = None) -> None:
         formats = tuple(dict.fromkeys(formats))
         unknown = [f for f in formats if f not in TABLE_FILES]
         if unknown:
@@ -108,6 +127,8 @@ class FileSink:
         self.plots = bool(plots)
         self.max_token_plots = int(max_token_plots)
         self._plots_unavailable = False
+        self.history = ScoringHistory(gate_metric, gate_mode)
+        self._history_loaded = False
         #: ``{"step": ..., "error": ...}`` for every call that failed (warned, not raised).
         self.failures: list[dict] = []
         #: Steps logged so far by this sink.
@@ -158,6 +179,11 @@ class FileSink:
         except Exception as err:
             self._fail(step, f"updating {HISTORY_FILE}", err)
             return out
+        if report.meta.get("status", "complete") != "partial":
+            try:
+                self._write_scoring_history(report, int(step))
+            except Exception as err:
+                self._fail(step, f"updating {HISTORY_STATE_FILE} and the history figures", err)
         self.logged_steps.append(int(step))
         return out
 
@@ -172,6 +198,26 @@ class FileSink:
         lines = [h for h in read_history(self.directory) if h.get("step") != step] + [line]
         text = "".join(json.dumps(h, ensure_ascii=False, allow_nan=True) + "\n" for h in lines)
         atomic_write_text(self.history_path, text)
+
+    def _write_scoring_history(self, report: Report, step: int) -> None:
+        if not self._history_loaded:
+            self._history_loaded = True
+            path = self.directory / HISTORY_STATE_FILE
+            if path.exists():
+                self.history.load_state_dict(json.loads(path.read_text(encoding="utf-8")))
+        self.history.add(report, step)
+        atomic_write_text(self.directory / HISTORY_STATE_FILE,
+                          json.dumps(self.history.state_dict(), ensure_ascii=False, allow_nan=True))
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(self.history.probe_columns)
+        writer.writerows(self.history.probe_rows)
+        atomic_write_text(self.directory / PROBE_HISTORY_FILE, buf.getvalue())
+        if self.plots and not self._plots_unavailable:
+            try:
+                render_history_figures(self.history, self.directory)
+            except ImportError:
+                self._plots_unavailable = True
 
     def _fail(self, step: Any, what: str, err: BaseException) -> None:
         self.failures.append({"step": step, "error": f"{what}: {type(err).__name__}: {err}"})

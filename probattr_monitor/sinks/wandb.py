@@ -31,7 +31,10 @@ from typing import Any, Optional
 
 from probattr_monitor.distributed import is_rank_zero
 from probattr_monitor.report import Report
+from probattr_monitor.report.definitions import DEFAULT_GATE_METRIC
 from probattr_monitor.report.figures import DEFAULT_MAX_TOKEN_PLOTS, render_plots
+from probattr_monitor.sinks.history import (DEFAULT_MAX_TOKEN_ROWS_PER_STEP, TOKEN_COLUMNS, ScoringHistory,
+                                            render_history_figures)
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +126,16 @@ class WandbSink:
         Warn (``RuntimeWarning``) at the first call that fails; later failures
         are only recorded in :attr:`failures`. ``False``: never warn (the
         callbacks say it themselves, with where the report went instead).
+    history : bool
+        Keep a :class:`~probattr_monitor.sinks.history.ScoringHistory` and
+        re-log it whole at every scoring (``{prefix}/history/*``), with the
+        gate chart, the noise heat map and the gate's best in the run summary.
+    gate_metric : str
+        The metric the history's chart and summary follow.
+    gate_mode : {"min", "max"}, optional
+        Default: from the metric's direction (``report.HIGHER_IS_BETTER``).
+    max_token_rows_per_step : int
+        Token-history rows one scoring adds at most.
 
     What one :meth:`log` call writes (a single ``wandb.log``, no ``step=``)::
 
@@ -135,6 +148,22 @@ class WandbSink:
         {prefix}/plots/kl_vs_as
         {prefix}/plots/tokens/<probe_id>
         {prefix}/noise_rate, ...           scalars (log_scalars)
+        {prefix}/history/probes            every scoring so far: one row per probe and step,
+                                           plus a set row (probe_id "*") with the intervals
+        {prefix}/history/tokens            budgeted token rows of every scoring so far
+        {prefix}/history/gate_chart        line series: gate metric, ci_low, ci_high by step
+        {prefix}/history/gate_history      the same as an image (log_plots)
+        {prefix}/history/noise_heatmap     noise rate per probe by step (log_plots)
+
+    A history table longer than the table cap (``max_rows_per_table``, at
+    most :attr:`wandb.Table.MAX_ROWS`) is logged instead as a versioned
+    Artifact ``{prefix}-history-probes`` / ``{prefix}-history-tokens`` (type
+    ``probattr-history``) whose latest version holds the whole table. After
+    each scoring the run summary holds ``{prefix}/best/{gate_metric}``,
+    ``{prefix}/best/step`` and ``{prefix}/best/{gate_metric}_ci_low|high``;
+    ``define_metric`` declares the gate metric and its bounds with
+    ``summary=min|max`` too (for whoever logs those scalars).
+    :meth:`state_dict` / :meth:`load_state_dict` carry the history over a resume.
 
     :meth:`setup` records the configuration under ``run.config[prefix]``.
     """
@@ -149,6 +178,10 @@ class WandbSink:
         log_plots: bool = True,
         max_token_plots: int = DEFAULT_MAX_TOKEN_PLOTS,
         warn: bool = True,
+        history: bool = True,
+        gate_metric: str = DEFAULT_GATE_METRIC,
+        gate_mode: Optional[str] = None,
+        max_token_rows_per_step: int = DEFAULT_MAX_TOKEN_ROWS_PER_STEP,
     ) -> None:
         self.prefix = _check_prefix(prefix)
         if isinstance(max_rows_per_table, bool) or not isinstance(max_rows_per_table, int) or max_rows_per_table < 1:
@@ -156,6 +189,9 @@ class WandbSink:
         if isinstance(max_token_plots, bool) or not isinstance(max_token_plots, int) or max_token_plots < 0:
             raise ValueError(f"max_token_plots must be a non-negative integer, got {max_token_plots!r}")
         self._run = run
+        self.history: Optional[ScoringHistory] = (
+            ScoringHistory(gate_metric, gate_mode, max_token_rows_per_step) if history else None)
+        self._artifacts: list[tuple[str, Any]] = []
         self.log_scalars = bool(log_scalars)
         self.max_rows_per_table = max_rows_per_table
         self.log_plots = bool(log_plots)
@@ -198,6 +234,10 @@ class WandbSink:
             run.config.update({self.prefix: self._config}, allow_val_change=True)
         run.define_metric(self.step_key)
         run.define_metric(f"{self.prefix}/*", step_metric=self.step_key, step_sync=True)
+        if self.history is not None:
+            m = f"{self.prefix}/{self.history.gate_metric}"
+            for key in (m, f"{m}_ci_low", f"{m}_ci_high"):
+                run.define_metric(key, step_metric=self.step_key, step_sync=True, summary=self.history.mode)
         self._set_up.add(ident)
 
     def setup(self, config: dict) -> None:
@@ -256,7 +296,63 @@ class WandbSink:
                     data[f"{p}/plots/{name}"] = wandb.Image(str(path))
         if self.log_scalars if log_scalars is None else log_scalars:
             data.update(report.metrics.scalars(prefix=f"{p}/"))
+        if self.history is not None and report.meta.get("status", "complete") != "partial":
+            self.history.add(report, step)
+            self._history_payload(data, cap, image_dir)
         return data
+
+    def _history_payload(self, data: dict[str, Any], cap: int, image_dir: Optional[Path]) -> None:
+        import wandb
+
+        h, p = self.history, self.prefix
+        for name, columns, rows in (("probes", h.probe_columns, h.probe_rows),
+                                    ("tokens", list(TOKEN_COLUMNS), h.token_rows)):
+            table = wandb.Table(columns=list(columns), data=[list(r) for r in rows], allow_mixed_types=True)
+            if len(rows) <= cap:
+                data[f"{p}/history/{name}"] = table
+            else:
+                self._artifacts.append((f"{p}-history-{name}", table))
+        rows = h.set_rows()
+        m = h.gate_metric
+        steps = [int(r["step"]) for r in rows]
+        data[f"{p}/history/gate_chart"] = wandb.plot.line_series(
+            xs=steps, ys=[[r[m] for r in rows], [r[f"{m}_ci_low"] for r in rows], [r[f"{m}_ci_high"] for r in rows]],
+            keys=[m, f"{m}_ci_low", f"{m}_ci_high"], title=f"{p}: {m} by step (bootstrap interval)", xname="step")
+        if self.log_plots and image_dir is not None and not self._plots_unavailable:
+            try:
+                figures = render_history_figures(h, image_dir)
+            except ImportError:
+                self._plots_unavailable = True
+            except Exception as err:  # a figure must never cost the tables
+                warnings.warn(f"probattr: drawing the history figures failed: {err!r}", RuntimeWarning, stacklevel=4)
+            else:
+                for name, path in figures.items():
+                    data[f"{p}/history/{name}"] = wandb.Image(str(path))
+
+    def _after_log(self, run: Any) -> None:
+        import wandb
+
+        for name, table in self._artifacts:
+            art = wandb.Artifact(name, type="probattr-history")
+            art.add(table, "history")
+            run.log_artifact(art)
+        self._artifacts = []
+        best = self.history.best() if self.history is not None else None
+        if best is not None:
+            m = f"{self.prefix}/best/{self.history.gate_metric}"
+            run.summary[m] = best["value"]
+            run.summary[f"{self.prefix}/best/step"] = best["step"]
+            run.summary[f"{m}_ci_low"] = best["ci_low"]
+            run.summary[f"{m}_ci_high"] = best["ci_high"]
+
+    def state_dict(self) -> dict:
+        """The history (:meth:`ScoringHistory.state_dict`), JSON-ready; ``{}`` with ``history=False``."""
+        return {"history": self.history.state_dict()} if self.history is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (after a resume the next scoring re-logs the whole history)."""
+        if self.history is not None and isinstance(state, dict) and state.get("history"):
+            self.history.load_state_dict(state["history"])
 
     def log(self, report: Report, step: int, *, log_scalars: Optional[bool] = None) -> bool:
         """Log one scoring in a single ``wandb.log`` call; never raises for a logging failure.
@@ -304,7 +400,9 @@ class WandbSink:
                 return False
             self._apply_setup(run)
             with tempfile.TemporaryDirectory(prefix="probattr-wandb-") as tmp:
+                self._artifacts = []
                 run.log(build(Path(tmp)))  # no step=: W&B's counter stays in charge; f"{prefix}/step" is the x-axis
+                self._after_log(run)
             self.logged_steps.append(int(step))
             return True
         except Exception as err:

@@ -22,10 +22,12 @@ __all__ = [
     "load_wandb_table",
     "read_records",
     "read_wandb_records",
+    "wandb_artifacts",
     "wandb_config",
     "wandb_history",
     "wandb_metric_defs",
     "wandb_run_dir",
+    "wandb_summary",
 ]
 
 _BLOCK = 32768
@@ -159,3 +161,24 @@ def load_wandb_table(run_dir: Path, row: dict, key: str) -> dict:
     """The ``.table.json`` a history row points to (``{"columns": [...], "data": [[...]]}``)."""
     path = Path(run_dir) / "files" / row[f"{key}/path"]
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def wandb_summary(run_dir: Path, timeout: float = _TIMEOUT_S) -> dict[str, Any]:
+    """The run summary as its ``summary`` records leave it (later updates win; nested keys joined with ``/``)."""
+    out: dict[str, Any] = {}
+    for rec in finished_records(run_dir, timeout):
+        if rec.WhichOneof("record_type") == "summary":
+            for it in rec.summary.update:
+                out[_item_key(it)] = json.loads(it.value_json)
+    return out
+
+
+def wandb_artifacts(run_dir: Path, timeout: float = _TIMEOUT_S) -> list[dict]:
+    """Every ``log_artifact`` record: ``name``, ``type`` and the manifest's entry paths."""
+    out = []
+    for rec in finished_records(run_dir, timeout):
+        if rec.WhichOneof("record_type") == "artifact":
+            a = rec.artifact
+            out.append({"name": a.name, "type": a.type, "entries": [e.path for e in a.manifest.contents],
+                        "local_paths": [e.local_path for e in a.manifest.contents]})
+    return out
