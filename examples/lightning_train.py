@@ -246,6 +246,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
     spent = sum(t["score_s"] + t["log_s"] for t in probattr.timings)
     print(f"\nbest checkpoint by {gate}: {best.best_model_path} "
           f"({float(best.best_model_score):.3f}); last: {best.last_model_path}")
+    complete = [h for h in probattr.history if h.complete]
+    if complete and best.best_model_score is not None:
+        chosen = min(complete, key=lambda h: h.value)
+        print(f"why: ModelCheckpoint(monitor={gate!r}, mode='min') keeps the lowest complete scoring; "
+              f"step {chosen.step} had {chosen.value:.3f} against "
+              + ", ".join(f"{h.value:.3f} at step {h.step}" for h in complete if h is not chosen))
+    print(f"CSV metrics: {loggers[-1].log_dir}")
     print(f"training took {total:.0f} s, of which the callback {spent:.1f} s ({100 * spent / total:.1f}%) "
           f"in {len(probattr.timings)} scorings")
     if use_wandb:

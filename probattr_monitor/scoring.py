@@ -37,7 +37,8 @@ from probattr_monitor.tokenization import encode_text
 
 logger = logging.getLogger(__name__)
 
-Candidates = Union[str, Sequence[int], Any]
+#: What ``ScoringConfig.candidates`` accepts (precise, so that LightningCLI/jsonargparse can build a Budget from YAML).
+Candidates = Union[Budget, str, Sequence[int]]
 
 
 @dataclass(frozen=True)
