@@ -24,10 +24,11 @@ ALLOWED = {
     "engine": {"io_utils", "tokenization"},
     "report": {"engine", "io_utils"},
     "scoring": {"engine", "probes", "report", "tokenization"},
+    "evaluate": {"engine", "io_utils", "probes", "tokenization"},
     "monitor": {"distributed", "engine", "probes", "report", "scoring", "version"},
     "sinks": {"distributed", "io_utils", "report"},
     "callbacks": {"distributed", "engine", "monitor", "report", "scoring", "sinks", "tokenization"},
-    "cli": {"engine", "models", "probes", "report", "scoring", "version"},
+    "cli": {"engine", "evaluate", "models", "probes", "report", "scoring", "version"},
 }
 
 TRAINING_FRAMEWORKS = ("lightning", "pytorch_lightning", "accelerate", "deepspeed")
