@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["BASELINES", "UNAVAILABLE", "BaselineSettings", "baseline_attribution"]
+__all__ = ["BASELINES", "UNAVAILABLE", "BaselineSettings", "baseline_attribution", "require_captum"]
 
 #: Methods named in the paper that this package cannot run, and why.
 UNAVAILABLE = {
@@ -52,6 +52,15 @@ class BaselineSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"BaselineSettings.{name} must be a positive integer, got {value!r}")
+
+
+def require_captum() -> None:
+    """Raise ``ImportError`` naming the install command if Captum is missing."""
+    try:
+        import captum  # noqa: F401
+    except ImportError:
+        raise ImportError("the baseline methods need Captum: pip install 'captum>=0.7' "
+                          "(or run --methods as)") from None
 
 
 class _Ridge:

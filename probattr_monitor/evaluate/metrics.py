@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["DIRECTIONS", "FRACTIONS", "DeletionBounds", "FaithfulnessScores", "MetricContext",
+__all__ = ["BOUND_SEARCHES", "DIRECTIONS", "FRACTIONS", "DeletionBounds", "FaithfulnessScores", "MetricContext",
            "comprehensiveness", "deletion_bounds", "deletion_curve", "infidelity", "naopc", "ranking",
            "sufficiency"]
 
@@ -81,11 +81,25 @@ class DeletionBounds:
     order_min: tuple
 
 
-def deletion_bounds(n_positions: int, score: Scorer, f0: float) -> DeletionBounds:
-    """Greedy (beam width 1) search for the most and least damaging deletion orders.
+#: How the NAOPC bounds are searched: ``greedy`` (``P (P + 1)`` rows) or ``single`` (``P`` rows).
+BOUND_SEARCHES = ("greedy", "single")
 
-    Costs ``P (P + 1)`` scored rows: at each step every remaining position is tried.
+
+def deletion_bounds(n_positions: int, score: Scorer, f0: float, search: str = "greedy") -> DeletionBounds:
+    """Search for the most and least damaging deletion orders.
+
+    ``greedy`` (beam width 1, as Edin et al.'s beam search with one beam)
+    costs ``P (P + 1)`` scored rows: at each step every remaining position is
+    tried. ``single`` costs ``P`` rows: the orders by each token's own drop,
+    descending and ascending (weaker bounds, so NAOPC may leave ``[0, 1]``).
     """
+    if search not in BOUND_SEARCHES:
+        raise ValueError(f"unknown NAOPC bound search {search!r}; choose from {BOUND_SEARCHES}")
+    if search == "single":
+        single = f0 - score(np.eye(n_positions, dtype=bool))
+        hi, lo = ranking(single), ranking(-single)
+        return DeletionBounds(float(np.mean(deletion_curve(hi, score, f0))),
+                              float(np.mean(deletion_curve(lo, score, f0))), tuple(map(int, hi)), tuple(map(int, lo)))
     result = {}
     for name, pick in (("max", np.argmax), ("min", np.argmin)):
         removed = np.zeros(n_positions, dtype=bool)
@@ -142,11 +156,12 @@ class MetricContext:
     bounds: DeletionBounds
 
     @classmethod
-    def build(cls, n_positions: int, score: Scorer, n_masks: int, seed: int) -> "MetricContext":
+    def build(cls, n_positions: int, score: Scorer, n_masks: int, seed: int,
+              bound_search: str = "greedy") -> "MetricContext":
         f0 = float(score(np.zeros((1, n_positions), dtype=bool))[0])
         rng = np.random.default_rng(seed)
         masks = rng.random((n_masks, n_positions)) < 0.5
-        return cls(f0, masks, f0 - score(masks), deletion_bounds(n_positions, score, f0))
+        return cls(f0, masks, f0 - score(masks), deletion_bounds(n_positions, score, f0, bound_search))
 
 
 @dataclass(frozen=True)

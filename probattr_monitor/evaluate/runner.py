@@ -14,7 +14,7 @@ from probattr_monitor.engine.modes import scoring_mode
 from probattr_monitor.engine.text import DECODINGS, make_response
 from probattr_monitor.engine.validation import check_fits_context
 from probattr_monitor.evaluate.baselines import BASELINES, UNAVAILABLE, BaselineSettings, baseline_attribution
-from probattr_monitor.evaluate.metrics import FaithfulnessScores, MetricContext
+from probattr_monitor.evaluate.metrics import BOUND_SEARCHES, FaithfulnessScores, MetricContext
 from probattr_monitor.evaluate.perturbation import ReplacementOperator
 from probattr_monitor.probes import ProbeSet, render
 from probattr_monitor.tokenization import encode_text
@@ -59,6 +59,8 @@ class EvaluationSettings:
         LIME and Gradient SHAP sample counts.
     n_masks : int
         Random masks of infidelity (shared by every method).
+    naopc_bounds : {"greedy", "single"}
+        How NAOPC's bounds are searched (:func:`~probattr_monitor.evaluate.metrics.deletion_bounds`).
     decodings : tuple of str
         How each probe's fixed response is generated: ``"greedy"`` and/or ``"top-p"``.
     max_new_tokens, top_p, num_samples, seed
@@ -69,6 +71,7 @@ class EvaluationSettings:
     candidates: Union[str, Sequence[int], Budget] = field(default_factory=Budget)
     baselines: BaselineSettings = field(default_factory=BaselineSettings)
     n_masks: int = 32
+    naopc_bounds: str = "greedy"
     decodings: tuple = ("greedy", "top-p")
     max_new_tokens: int = 8
     top_p: float = 0.9
@@ -79,6 +82,8 @@ class EvaluationSettings:
         object.__setattr__(self, "methods", check_methods(self.methods))
         if isinstance(self.n_masks, bool) or not isinstance(self.n_masks, int) or self.n_masks < 2:
             raise ValueError(f"n_masks must be an integer >= 2, got {self.n_masks!r}")
+        if self.naopc_bounds not in BOUND_SEARCHES:
+            raise ValueError(f"naopc_bounds must be one of {BOUND_SEARCHES}, got {self.naopc_bounds!r}")
         decodings = tuple(self.decodings)
         if not decodings or any(d not in DECODINGS for d in decodings):
             raise ValueError(f"decodings must be a non-empty subset of {DECODINGS}, got {self.decodings!r}")
@@ -90,7 +95,7 @@ class EvaluationSettings:
                                                         else {"subset": len(list(cand))})
         return {"methods": list(self.methods), "candidates": cand_desc,
                 "lime_samples": self.baselines.lime_samples, "shap_samples": self.baselines.shap_samples,
-                "n_masks": self.n_masks, "decodings": list(self.decodings), "max_new_tokens": self.max_new_tokens,
+                "n_masks": self.n_masks, "naopc_bounds": self.naopc_bounds, "decodings": list(self.decodings), "max_new_tokens": self.max_new_tokens,
                 "top_p": self.top_p, "num_samples": self.num_samples, "seed": self.seed}
 
 
@@ -154,7 +159,7 @@ def evaluate_prompt(model: Any, prompt_ids: Sequence[int], response_ids: Sequenc
     with scoring_mode(model):
         op = ReplacementOperator.build(model, prompt_ids, response_ids)
         scorer = _CountingScorer(op)
-        ctx = MetricContext.build(op.n_positions, scorer, settings.n_masks, settings.seed)
+        ctx = MetricContext.build(op.n_positions, scorer, settings.n_masks, settings.seed, settings.naopc_bounds)
         out = []
         for method in settings.methods:
             if method == "as":
