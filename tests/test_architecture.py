@@ -24,11 +24,12 @@ ALLOWED = {
     "engine": {"io_utils", "tokenization"},
     "report": {"engine", "io_utils"},
     "scoring": {"engine", "probes", "report", "tokenization"},
+    "evaluate": {"engine", "io_utils", "probes", "tokenization"},
     "monitor": {"distributed", "engine", "probes", "report", "scoring", "version"},
     "sinks": {"distributed", "io_utils", "report"},
     "callbacks": {"distributed", "engine", "monitor", "report", "scoring", "sinks", "tokenization"},
-    "cli": {"distributed", "engine", "io_utils", "models", "monitor", "probes", "report", "scoring", "sinks",
-            "version"},
+    "cli": {"distributed", "engine", "evaluate", "io_utils", "models", "monitor", "probes", "report", "scoring",
+            "sinks", "version"},
 }
 
 TRAINING_FRAMEWORKS = ("lightning", "pytorch_lightning", "accelerate", "deepspeed")

@@ -9,7 +9,7 @@ import sys
 import traceback
 from typing import NoReturn, Optional, Sequence
 
-from probattr_monitor.cli import compare_cmd, probes_cmd, score_cmd, select_cmd, watch_cmd
+from probattr_monitor.cli import compare_cmd, evaluate_cmd, probes_cmd, score_cmd, select_cmd, watch_cmd
 from probattr_monitor.cli.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"probattr-monitor {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", parser_class=_Parser)
     sub.required = True
-    for module in (score_cmd, compare_cmd, select_cmd, probes_cmd, watch_cmd):
+    for module in (score_cmd, compare_cmd, select_cmd, probes_cmd, watch_cmd, evaluate_cmd):
         module.add_parser(sub, [common])
     return parser
 

@@ -156,6 +156,10 @@ def _load_probes(spec: str, limit: Any) -> Any:
     return probes
 
 
+#: The probe-set loading of ``score``, shared by ``evaluate``.
+load_probes = _load_probes
+
+
 def _scoring_config(args: argparse.Namespace) -> Any:
     from probattr_monitor.report import NoiseConfig
     from probattr_monitor.scoring import ScoringConfig

