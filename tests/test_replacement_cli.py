@@ -121,3 +121,27 @@ def test_bad_settings_fail_clearly(model_dir, capsys, tmp_path):
     assert code == 2
     with pytest.raises(ValueError, match="unknown opt-in metric"):
         optional_metric_value([], "noise_rate")
+
+
+def test_monitor_opt_in_adds_the_columns_and_its_cost(model_dir):
+    """The monitor's setting is ScoringConfig(replacement_entropy=True); off by default it costs nothing."""
+    from probattr_monitor import ProbAttrMonitor
+
+    model, tok = load_model_and_tokenizer(str(model_dir / "ckpt"))
+    probes = load_probe_set(str(model_dir / "probes.jsonl"))
+    base = ScoringConfig(candidates="all", max_new_tokens=2, num_samples=2, n_boot=0)
+    plain = ProbAttrMonitor(probes, tokenizer=tok, scoring=base).run(model, step=1)
+    opted = ProbAttrMonitor(probes, tokenizer=tok, scoring=ScoringConfig(
+        candidates="all", max_new_tokens=2, num_samples=2, n_boot=0, replacement_entropy=True,
+        replacement_max_candidates=3)).run(model, step=1)
+    assert not set(REPLACEMENT_COLUMNS) & set(plain.table.columns)
+    assert set(REPLACEMENT_COLUMNS) <= set(opted.table.columns)
+    # scoring itself is unchanged; the replacement run's cost is recorded beside the engine's
+    np.testing.assert_array_equal(plain.table["attribution"].to_numpy(), opted.table["attribution"].to_numpy())
+    assert opted.meta["token_forwards"] == plain.meta["token_forwards"]
+    rep = opted.meta["replacement"]
+    n_pos = len(opted.table)
+    rows_greedy = 2 + int(opted.table["replacement_candidates"].sum())  # + one reference per probe
+    # every batch runs 1 or 2 steps; its top-p twin has num_samples (2) rows per greedy row
+    assert rows_greedy * (1 + 2) <= rep["generated_tokens"] <= 2 * rows_greedy * (1 + 2)
+    assert rep["max_candidates"] == 3 and (opted.table["replacement_candidates"] <= 3).all() and n_pos > 0
