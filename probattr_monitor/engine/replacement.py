@@ -159,7 +159,7 @@ class ReplacementResult:
         }
 
 
-def _prior_probs(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+def prior_probs(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
     """``p(. | x_<k)`` at every position (row ``k - 1`` predicts ``x_k``), float64."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.tensor([ids], dtype=torch.long, device=device)
@@ -252,7 +252,7 @@ def replacement_entropy(
                                  top_p, max_new_tokens)
     check_fits_context(model, len(ids) + max_new_tokens, "replacement entropy", "prompt + response")
     n = len(ids)
-    prior = _prior_probs(model, ids)
+    prior = prior_probs(model, ids)
     cost = [0, n]  # generated tokens, token-forwards (the prior pass)
     gen = dict(max_new_tokens=max_new_tokens, top_p=top_p, num_samples=num_samples, eos_token_id=eos_token_id)
     original = {d: tuple(_generate(model, [ids], d, seed, cost, **gen)[0]) for d in decodings}
