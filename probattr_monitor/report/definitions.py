@@ -27,6 +27,20 @@ METRIC_NAMES = (
     "mean_surprisal_full",
 )
 
+#: Opt-in metrics, defined only for tables scored with
+#: ``ScoringConfig(replacement_entropy=True)`` (greedy regenerations, the paper's
+#: section 4.3). They are pooled ratios like the others (:data:`RATIO_FIELDS`, the
+#: sums are in every ``ProbeMetrics``) but kept out of :data:`METRIC_NAMES`, so a
+#: report scored without them logs and compares no NaN metric.
+OPTIONAL_METRIC_NAMES = ("mean_replacement_entropy", "mean_original_share")
+
+#: Direction of each opt-in metric: the paper reads a low replacement entropy and a
+#: high share of original responses as stability (a hypothesis, like the noise rate's).
+OPTIONAL_HIGHER_IS_BETTER: dict[str, Optional[bool]] = {
+    "mean_replacement_entropy": False,
+    "mean_original_share": True,
+}
+
 #: Direction of each metric, declared beside its definition (as torchmetrics'
 #: ``higher_is_better``): ``False`` where a lower value is better, ``True`` where a
 #: higher value is, ``None`` where the metric has no better direction of its own.
@@ -50,6 +64,21 @@ HIGHER_IS_BETTER: dict[str, Optional[bool]] = {
 #: the one the signal-validity study (docs/validation.md) found to track true
 #: convergence best. ``noise_rate`` is the paper's rule, kept under its own name.
 DEFAULT_GATE_METRIC = "mean_surprisal_prefix"
+
+
+def optional_metric_value(per_probe, name: str) -> float:
+    """The pooled value of an opt-in metric (:data:`OPTIONAL_METRIC_NAMES`) over ``per_probe`` sums; NaN if undefined.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not an opt-in metric.
+    """
+    if name not in OPTIONAL_METRIC_NAMES:
+        raise ValueError(f"unknown opt-in metric {name!r}; known: {OPTIONAL_METRIC_NAMES}")
+    num_field, den_field = RATIO_FIELDS[name]
+    den = sum(getattr(p, den_field) for p in per_probe)
+    return sum(getattr(p, num_field) for p in per_probe) / den if den > 0 else float("nan")
 
 
 def gate_mode(metric: str) -> str:
@@ -83,6 +112,8 @@ RATIO_FIELDS: dict[str, tuple[str, str]] = {
     "mean_surprisal_prefix": ("sum_surprisal_prefix", "n_surprisal_prefix"),
     "mean_surprisal_prompt": ("sum_surprisal_prompt", "n_surprisal_prompt"),
     "mean_surprisal_full": ("sum_surprisal_full", "n_surprisal_full"),
+    "mean_replacement_entropy": ("sum_replacement_entropy", "n_replacement_entropy"),
+    "mean_original_share": ("sum_original_share", "n_original_share"),
 }
 
 # Why a metric is undefined when its pooled denominator is zero.
@@ -95,6 +126,8 @@ _EMPTY_REASON = {
     "n_surprisal_prefix": "no eligible token has a finite prefix surprisal (a table without surprisals?)",
     "n_surprisal_prompt": "no eligible token has a finite surprisal (a table without surprisals?)",
     "n_surprisal_full": "no eligible token has a finite surprisal (a table without surprisals?)",
+    "n_replacement_entropy": "no eligible token has a replacement entropy (scored without replacement_entropy=True?)",
+    "n_original_share": "no eligible token has a share of original responses (scored without replacement_entropy=True?)",
 }
 
 

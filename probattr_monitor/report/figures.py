@@ -18,6 +18,11 @@ from typing import Callable, Optional, Union
 from probattr_monitor.report.html_views import write_tokens_html
 from probattr_monitor.report.noise import NoiseConfig
 from probattr_monitor.report.plots import plot_entropy_vs_as, plot_kl_vs_as, plot_tokens_by_as
+from probattr_monitor.report.replacement_plots import (
+    has_replacement_columns,
+    plot_original_share_vs_as,
+    plot_replacement_entropy_vs_as,
+)
 from probattr_monitor.report.report import Report
 
 logger = logging.getLogger(__name__)
@@ -100,7 +105,9 @@ def scoring_figures(
     -------
     dict of str to ScoringFigure
         ``entropy_vs_as`` (``entropy_vs_as.png``), ``kl_vs_as``
-        (``kl_vs_as.png``), ``tokens/<probe_id>`` (``tokens_<stem>.png``) and
+        (``kl_vs_as.png``), for a table with replacement columns
+        ``replacement_entropy_vs_as`` and ``original_share_vs_as`` (the paper's
+        Fig. 6, ``<name>.png``), ``tokens/<probe_id>`` (``tokens_<stem>.png``) and
         with ``html`` ``tokens_html/<probe_id>`` (``tokens_<stem>.html``), where
         ``<stem>`` is :func:`safe_file_stem` of the probe id, with ``_``
         appended until it is unique. Empty for a report without tokens.
@@ -119,6 +126,11 @@ def scoring_figures(
         ),
         "kl_vs_as": ScoringFigure("kl_vs_as.png", lambda p: plot_kl_vs_as(table, p, cfg=cfg, title=kl_title)),
     }
+    if has_replacement_columns(table):
+        figures["replacement_entropy_vs_as"] = ScoringFigure(
+            "replacement_entropy_vs_as.png", lambda p: plot_replacement_entropy_vs_as(table, p))
+        figures["original_share_vs_as"] = ScoringFigure(
+            "original_share_vs_as.png", lambda p: plot_original_share_vs_as(table, p))
     probe_ids = list(dict.fromkeys(str(p) for p in table["probe_id"].tolist()))
     if max_token_plots is not None:
         probe_ids = probe_ids[: max(0, int(max_token_plots))]

@@ -58,6 +58,10 @@ def _probe_sums(table: Any, cfg: NoiseConfig) -> tuple[list[ProbeMetrics], dict[
     for name in ("surprisal_prefix", "surprisal_prompt", "surprisal_full"):
         col = _column(table, name, required=False)
         surprisals[name] = np.full(n, np.nan) if col is None else col.astype(np.float64)
+    for name, column in (("replacement_entropy", "replacement_entropy_greedy"),
+                         ("original_share", "original_share_greedy")):
+        col = _column(table, column, required=False)
+        surprisals[name] = np.full(n, np.nan) if col is None else col.astype(np.float64)
 
     if n == 0:
         return [], {"excluded": 0, "undefined": 0}

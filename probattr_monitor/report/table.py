@@ -17,7 +17,12 @@ nats; the surprisals are NaN for results without them), ``<score>_se`` (float64,
 result carries standard errors), ``as_class`` (str), ``noise`` (bool; always
 False for excluded tokens),
 ``top_prior``, ``top_posterior`` (str: JSON ``[[id, text, prob], ...]``, text
-``null`` without a decoder), ``num_candidates`` (int64).
+``null`` without a decoder), ``num_candidates`` (int64), and, only when a result
+carries a replacement run (``ScoringConfig(replacement_entropy=True)``),
+:data:`REPLACEMENT_COLUMNS`: ``replacement_candidates`` (int64),
+``replacement_entropy_greedy``, ``original_share_greedy``,
+``replacement_entropy_top_p``, ``original_share_top_p`` (float64; NaN for a
+probe scored without one).
 """
 
 from __future__ import annotations
@@ -51,7 +56,11 @@ SCORE_COLUMNS = tuple(EXPORT_FIELDS)
 #: Columns after the scores (and their ``_se`` columns).
 TAIL_COLUMNS = ("as_class", "noise", "top_prior", "top_posterior", "num_candidates")
 
-_INT_COLUMNS = ("position", "token_id", "num_candidates")
+#: Columns of a replacement-entropy run (engine/replacement.py), after the others, only when present.
+REPLACEMENT_COLUMNS = ("replacement_candidates", "replacement_entropy_greedy", "original_share_greedy",
+                       "replacement_entropy_top_p", "original_share_top_p")
+
+_INT_COLUMNS = ("position", "token_id", "num_candidates", "replacement_candidates")
 _BOOL_COLUMNS = ("is_special", "excluded", "noise")
 _STR_COLUMNS = ("probe_id", "token_text", "as_class", "top_prior", "top_posterior")
 
@@ -203,7 +212,23 @@ def token_columns(
         lambda p, r, n: _candidates_json(r.top_posterior_ids, r.top_posterior_probs, n, decode), object
     )
     order = table_columns(se_fields)
+    if any("replacement" in (r.info or {}) for _, r, _ in pieces):
+        for name in REPLACEMENT_COLUMNS:
+            kind = np.int64 if name == "replacement_candidates" else np.float64
+            cols[name] = cat(lambda p, r, n, name=name, kind=kind: _replacement_column(p, r, n, name, kind), kind)
+        order = [*order, *REPLACEMENT_COLUMNS]
     return {name: cols[name] for name in order}
+
+
+def _replacement_column(probe_id: str, res: Any, n: int, name: str, kind: Any) -> np.ndarray:
+    """One replacement column of a result: its values, or 0 / NaN for a result without a run."""
+    run = (res.info or {}).get("replacement")
+    if run is None:
+        return np.zeros(n, np.int64) if kind is np.int64 else np.full(n, np.nan)
+    values = np.asarray(run["columns"][name], dtype=kind)
+    if values.shape != (n,):
+        raise ValueError(f"probe {probe_id!r}: {name} has shape {values.shape}, expected ({n},)")
+    return values
 
 
 def build_token_table(

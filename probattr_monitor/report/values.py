@@ -124,6 +124,10 @@ class ProbeMetrics:
     sum_surprisal_full, n_surprisal_full : float, int
         Sums and counts of the prompt tokens' own surprisals (eligible tokens
         with finite values).
+    sum_replacement_entropy, n_replacement_entropy : float, int
+    sum_original_share, n_original_share : float, int
+        Sums and counts of the greedy replacement entropy and share of original
+        responses (eligible tokens with finite values; zero without a replacement run).
         Sum and count of finite H' over near-zero tokens.
     """
 
@@ -152,6 +156,10 @@ class ProbeMetrics:
     n_surprisal_prompt: int = 0
     sum_surprisal_full: float = 0.0
     n_surprisal_full: int = 0
+    sum_replacement_entropy: float = 0.0
+    n_replacement_entropy: int = 0
+    sum_original_share: float = 0.0
+    n_original_share: int = 0
 
     def value(self, name: str) -> float:
         """The metric ``name`` (one of :data:`METRIC_NAMES`) for this probe; NaN if undefined."""
