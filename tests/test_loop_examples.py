@@ -52,6 +52,7 @@ def test_loop_example_scores_gates_saves_and_resumes(tmp_path, module_name):
     assert resumed["monitor"].state.history[2].value != fresh["monitor"].state.history[0].value
 
 
+@pytest.mark.slow  # a subprocess run; kept out of the default suite's 10-minute budget
 def test_plain_loop_script_runs(tmp_path):
     out = subprocess.run([sys.executable, str(EXAMPLES / "plain_loop.py"), "--out", str(tmp_path), "--steps", "4",
                           "--every-n-steps", "2", "--n-train", "200"], capture_output=True, text=True, timeout=600)

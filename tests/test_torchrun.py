@@ -67,6 +67,7 @@ def test_score_under_torchrun_matches_one_process(model_dir):
     assert two["meta"]["responses"] == one["meta"]["responses"]
 
 
+@pytest.mark.slow  # a subprocess run; kept out of the default suite's 10-minute budget
 def test_watch_under_torchrun_matches_one_process(model_dir, tmp_path):
     for name in ("one", "two"):
         shutil.copytree(model_dir / "run", tmp_path / name)

@@ -62,3 +62,24 @@ def test_sft_trainer_gates_on_the_callbacks_key(tmp_path):
     final = trainer.model.state_dict()
     assert all(torch.equal(final[k], v) for k, v in best.items())
     assert any(v.abs().sum() > 0 for v in best.values())
+
+
+@pytest.mark.slow  # a subprocess run; kept out of the default suite's 10-minute budget
+def test_sft_example_script_runs_and_keeps_the_gates_best(tmp_path):
+    """examples/sft_trainer.py at tiny sizes: the best checkpoint is the scoring with the lowest gate value."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "sft_trainer.py"
+    proc = subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path), "--max-steps", "6",
+                           "--eval-steps", "2", "--n-train", "200", "--n-probes", "2",
+                           "--max-new-tokens", "3", "--no-wandb"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = re.findall(r"^\s+(\d+)\s+([0-9.]+) \[", proc.stdout, flags=re.M)
+    values = {int(s): float(v) for s, v in rows}
+    assert sorted(values) == [2, 4, 6]
+    best_step = min(values, key=values.get)
+    assert f"checkpoint-{best_step} (" in proc.stdout

@@ -60,6 +60,7 @@ def _state(out: Path) -> dict:
     return json.loads((out / "watch-state.json").read_text())
 
 
+@pytest.mark.slow  # a subprocess run; kept out of the default suite's 10-minute budget
 def test_watch_scores_hf_checkpoints_while_training_logs_to_wandb_and_resumes(tmp_path):
     env = _env(tmp_path)
     probes = write_probes(tmp_path / "probes.jsonl", HF_PROBES)
