@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from probattr_monitor.engine import AttributionResult, Budget, attribute
@@ -24,6 +25,7 @@ from probattr_monitor.engine.memory import (
     is_out_of_memory,
     oom_site,
 )
+from probattr_monitor.engine.sequential import SequentialBudget, attribute_sequential
 from probattr_monitor.engine.replacement import (
     DEFAULT_MASS,
     DEFAULT_MAX_CANDIDATES,
@@ -39,12 +41,13 @@ from probattr_monitor.engine.validation import (
 )
 from probattr_monitor.probes import Probe, ProbeSet, render
 from probattr_monitor.report import NoiseConfig, Report
+from probattr_monitor.report.noise import undecided
 from probattr_monitor.tokenization import encode_text
 
 logger = logging.getLogger(__name__)
 
 #: What ``ScoringConfig.candidates`` accepts (precise, so that LightningCLI/jsonargparse can build a Budget from YAML).
-Candidates = Union[Budget, str, Sequence[int]]
+Candidates = Union[Budget, SequentialBudget, str, Sequence[int]]
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class ScoringConfig:
         cand = self.candidates
         if isinstance(cand, str):
             cand_desc: Any = cand
+        elif isinstance(cand, SequentialBudget):
+            cand_desc = {"sequential": cand.to_info()}
         elif dataclasses.is_dataclass(cand):
             cand_desc = {"budget": dataclasses.asdict(cand)}
             if cand_desc["budget"].get("universe") is not None:
@@ -175,12 +180,36 @@ def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig)
             model, tokenizer, rendered.ids, config.decoding, config.max_new_tokens,
             config.top_p, config.num_samples, config.seed,
         )
-    res = attribute(model, rendered.ids, response_ids, candidates=config.candidates,
-                    batch_size=config.batch_size, memory_budget_mb=config.memory_budget_mb)
+    if isinstance(config.candidates, SequentialBudget):
+        res = attribute_sequential(model, rendered.ids, response_ids, config.candidates,
+                                   _undecided_rule(config.noise, rendered.template_mask),
+                                   batch_size=config.batch_size, memory_budget_mb=config.memory_budget_mb)
+    else:
+        res = attribute(model, rendered.ids, response_ids, candidates=config.candidates,
+                        batch_size=config.batch_size, memory_budget_mb=config.memory_budget_mb)
     res = with_token_texts(res, tokenizer, decoding=config.decoding if probe.response is None else "given")
     if config.replacement_entropy:
         res = _with_replacement(model, tokenizer, rendered.ids, res, config)
     return ProbeScore(probe.id, res, tuple(rendered.template_mask), None, time.perf_counter() - started)
+
+
+def _undecided_rule(noise: NoiseConfig, template_mask: Sequence[bool]) -> Callable[[AttributionResult, float],
+                                                                                 Any]:
+    """The sequential budgets' rule: AS class or noise flag open at ``z`` SEs, on tokens the metrics read.
+
+    Template tokens are left out of every metric, so they are never escalated
+    (their first-stage values and errors stay in the table).
+    """
+    excluded = np.asarray(template_mask, dtype=bool)
+
+    def rule(res: AttributionResult, z: float) -> np.ndarray:
+        zeros = np.zeros(len(res))
+        todo = undecided(res.attribution, res.stderr.get("attribution", zeros), res.entropy_full,
+                         res.stderr.get("entropy_full", zeros), noise, z,
+                         res.info.get("num_candidates_per_position", res.num_candidates))
+        return todo & ~excluded[res.positions]
+
+    return rule
 
 
 def _with_replacement(model: Any, tokenizer: Any, prompt_ids: Sequence[int], res: AttributionResult,

@@ -17,8 +17,9 @@ from typing import Any
 from probattr_monitor.cli.errors import EXIT_USAGE, CLIError
 
 HELP = (
-    "candidate tokens per position: 'budget' (the default: the budgeted estimator with its default "
-    "Budget, the training monitor's default too); a count N (the budgeted estimator with at most N "
+    "candidate tokens per position: 'budget' (the budgeted estimator with its default "
+    "Budget); 'sequential' (the default SequentialBudget: a cheap budget first, the default Budget only "
+    "where a token's AS class or noise flag is still open); a count N (the budgeted estimator with at most N "
     "exactly scored candidates per position); 'all' (the whole vocabulary, paper-exact, |V| "
     "forwards per position); a comma-separated list of token ids ('11,42,1000', or '42,' for a "
     "single id); or '@FILE' (token ids separated by commas or whitespace, '#' starts a comment), "
@@ -35,7 +36,7 @@ class CandidateSpec:
 
     Attributes
     ----------
-    kind : {"budget", "all", "ids", "count"}
+    kind : {"budget", "sequential", "all", "ids", "count"}
     ids : tuple of int
         The listed ids (``kind == "ids"``).
     count : int
@@ -70,6 +71,14 @@ class CandidateSpec:
             return ids, {"kind": "ids", "source": self.source, "n": len(ids), "vocab_size": vocab_size}
         from probattr_monitor.engine.budget import Budget  # the engine (torch) loads only when scoring
 
+        if self.kind == "sequential":
+            from probattr_monitor.engine.sequential import SequentialBudget
+
+            default = SequentialBudget()
+            spec = SequentialBudget(stages=tuple(Budget(**{**s.__dict__, "seed": seed}) for s in default.stages),
+                                    z=default.z)
+            return spec, {"kind": "sequential", "stages": [s.to_info() for s in spec.stages], "z": spec.z,
+                          "vocab_size": vocab_size}
         budget = Budget(seed=seed) if self.kind == "budget" else Budget(max_candidates=self.count, seed=seed)
         return budget, {"kind": "budget", "max_candidates": budget.max_candidates,
                         "tail_samples": budget.tail_samples, "screen": budget.screen, "vocab_size": vocab_size}
@@ -85,7 +94,7 @@ def parse_candidates(value: str) -> CandidateSpec:
         unreadable or invalid ``@FILE`` (exit status 3).
     """
     text = value.strip()
-    if text.lower() in ("all", "budget"):
+    if text.lower() in ("all", "budget", "sequential"):
         return CandidateSpec(text.lower())
     if text.startswith("@"):
         return CandidateSpec("ids", ids=tuple(_read_id_file(text[1:])), source=text)

@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise CLIError(str(exc), code=EXIT_USAGE) from None
     spec = parse_candidates(args.candidates)
+    if spec.kind == "sequential":
+        raise CLIError("--candidates sequential stops on the noise rule; the faithfulness evaluation needs each "
+                       "token's AS itself: give 'budget', a count N, 'all' or ids", code=EXIT_USAGE)
     probes = load_probes(args.probes, args.limit_probes)
     out = Path(args.out)
     created = prepare_output_dir(out)

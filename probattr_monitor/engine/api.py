@@ -92,6 +92,10 @@ def attribute(
     """
     prompt, response, pos, bs = validate_request(model, prompt_ids, response_ids, positions, batch_size,
                                                  memory_budget_mb)
+    if type(candidates).__name__ == "SequentialBudget":
+        raise TypeError("candidates=SequentialBudget(...) stops on the noise rule, which attribute() does not "
+                        "know: score through ScoringConfig(candidates=...) (score_probe, the monitor, "
+                        "`probattr score`) or call probattr_monitor.engine.sequential.attribute_sequential")
     if isinstance(candidates, Budget):
         return attribute_budgeted(model, prompt, response, candidates, pos, bs,
                                   memory_budget_mb=memory_budget_mb, use_cache=use_cache)

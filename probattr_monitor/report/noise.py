@@ -10,6 +10,7 @@ apply them to 1-D arrays.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Optional
 
@@ -251,3 +252,55 @@ def noise_flags(
         h = normalized_entropy(h, num_candidates)
     with np.errstate(invalid="ignore"):
         return is_near_zero(a, cfg) & (h >= cfg.entropy_threshold)
+
+
+def undecided(
+    attribution: Any,
+    attribution_se: Any,
+    entropy_full: Any,
+    entropy_full_se: Any,
+    cfg: Optional[NoiseConfig] = None,
+    z: float = 2.0,
+    num_candidates: Any = None,
+) -> np.ndarray:
+    """Tokens whose AS class or noise flag could change within ``z`` standard errors.
+
+    The reading of a token (its AS class, and the noise flag) is decided when
+    it is the same at both ends of ``AS ± z·se(AS)`` and, for a near-zero
+    token, of ``H' ± z·se(H')``. The sequential budgets
+    (:mod:`probattr_monitor.engine.sequential`) score the undecided tokens
+    again with a larger budget.
+
+    Parameters
+    ----------
+    attribution, attribution_se, entropy_full, entropy_full_se : array_like
+        1-D estimates and their standard errors (0 where exact).
+    cfg : NoiseConfig, optional
+        Boundaries and threshold; defaults to ``NoiseConfig()``.
+    z : float
+        Half-width of the interval in standard errors, ``>= 0``.
+    num_candidates : int or array_like, optional
+        As for :func:`noise_flags` (normalized mode only).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean array, True where undecided, and wherever an estimate or its
+        error is not finite (a NaN error means the error is unknown).
+    """
+    cfg = resolve_noise_config(cfg)
+    a = _as_float_array(attribution, "attribution")
+    h = _as_float_array(entropy_full, "entropy_full")
+    se_a = _as_float_array(attribution_se, "attribution_se")
+    se_h = _as_float_array(entropy_full_se, "entropy_full_se")
+    if not a.shape == h.shape == se_a.shape == se_h.shape:
+        raise ValueError(f"undecided: shapes differ: {a.shape}, {se_a.shape}, {h.shape}, {se_h.shape}")
+    if isinstance(z, bool) or not isinstance(z, numbers.Real) or not math.isfinite(z) or z < 0:
+        raise ValueError(f"undecided: z must be a finite number >= 0, got {z!r}")
+    unknown = ~(np.isfinite(a) & np.isfinite(h) & np.isfinite(se_a) & np.isfinite(se_h))
+    a, h = np.where(unknown, 0.0, a), np.where(unknown, 0.0, h)
+    se_a, se_h = np.where(unknown, 0.0, se_a), np.where(unknown, 0.0, se_h)
+    class_open = classify(a - z * se_a, cfg) != classify(a + z * se_a, cfg)
+    low = noise_flags(a, h - z * se_h, cfg, num_candidates)
+    high = noise_flags(a, h + z * se_h, cfg, num_candidates)
+    return unknown | class_open | (low != high)
