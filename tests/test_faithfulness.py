@@ -215,6 +215,7 @@ def test_reagent_gives_up_after_max_steps_and_averages_all_probes(toy, caplog):
         res = reagent_attribution(model, torch.tensor(prompt), torch.tensor([never]),
                                   ReagentSettings(keep_top_n=1, stopping_top_k=1, max_steps=3))
     assert res.steps == 3 and res.stopped == 0
+    assert "not within the top 1 predictions even on the original prompt" in caplog.text
     assert "no probe met the stopping condition in 3 steps" in caplog.text
     assert res.attribution.sum() == pytest.approx(1.0)
 

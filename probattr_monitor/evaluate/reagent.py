@@ -226,7 +226,12 @@ def reagent_attribution(model: Any, prompt: torch.Tensor, response: torch.Tensor
         def with_prompt(tail: torch.Tensor) -> torch.Tensor:
             return torch.cat([prompt[:1].expand(rows, 1), tail.to(device)], dim=1)
 
-        p0 = stats(prompt[None])[0][0]
+        p0_all, hit0 = stats(prompt[None])
+        p0 = p0_all[0]
+        if not bool(hit0[0]):
+            logger.warning("ReAgent: the response is not within the top %d predictions even on the original "
+                           "prompt, so probes are unlikely to stop before max_steps (%d)", s.stopping_top_k,
+                           s.max_steps)
         scores = torch.rand(rows, positions, generator=gen, dtype=torch.float64)
         stopped = torch.zeros(rows, dtype=torch.bool)
         keep_n = min(s.keep_top_n, positions)
