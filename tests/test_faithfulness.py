@@ -1,4 +1,4 @@
-"""The faithfulness evaluation (issue 14 section 2): metrics with known answers, bad input, the CLI end to end.
+"""The faithfulness evaluation (issue 14 section 2): metrics with known answers, ReAgent, bad input, the CLI.
 
 Oracles: an additive scorer (the drop of any mask is the sum of known weights)
 and a toy causal LM whose output depends on one prompt position only, so that
@@ -25,6 +25,7 @@ from probattr_monitor.engine import attribute
 from probattr_monitor.evaluate import DIRECTIONS, METHODS, EvaluationSettings, FaithfulnessScores, evaluate_prompt
 from probattr_monitor.evaluate.metrics import MetricContext, deletion_bounds
 from probattr_monitor.evaluate.perturbation import ReplacementOperator
+from probattr_monitor.evaluate.reagent import ReagentSettings, forwards_per_prompt, reagent_attribution
 from probattr_monitor.probes import load_probe_set
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -160,6 +161,63 @@ def test_as_and_occlusion_find_the_one_position_on_the_toy_model(toy):
         assert by[method].scores.sufficiency == pytest.approx(0.0, abs=1e-6)
     assert set(by) == set(METHODS)
     assert ev.metric_token_forwards > 0
+    assert int(np.argmax(by["reagent"].attribution)) == j
+    assert set(ev.method_costs) == {"reagent"} and ev.method_costs["reagent"]["steps"] >= 1
+
+
+# --------------------------------------------------------------------------- ReAgent
+
+
+def _reagent(toy, **kwargs):
+    model, prompt, response = toy
+    return reagent_attribution(model, torch.tensor(prompt), torch.tensor(response), ReagentSettings(**kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"replacer": "uniform"}, {"keep_top_n": 1, "stopping_top_k": 1},
+                                    {"keep_top_n": 1, "stopping_top_k": 1, "replacer": "uniform", "seed": 5}])
+def test_reagent_puts_the_most_importance_on_the_one_position(toy, kwargs):
+    model = toy[0]
+    res = _reagent(toy, **kwargs)
+    a = res.attribution
+    assert a.shape == (len(toy[1]),) and a[0] == 0.0
+    assert np.all(a >= 0) and a.sum() == pytest.approx(1.0)
+    assert int(np.argmax(a)) == model.j
+    assert a[model.j] > 1.05 * np.delete(a, [0, model.j]).max()
+    assert 1 <= res.steps <= ReagentSettings().max_steps and res.stopped >= 1
+
+
+def test_reagent_is_deterministic_for_a_seed_and_counts_its_forwards(toy):
+    settings = {"keep_top_n": 1, "stopping_top_k": 1, "num_probes": 20, "seed": 3}
+    first, again = _reagent(toy, **settings), _reagent(toy, **settings)
+    np.testing.assert_array_equal(first.attribution, again.attribution)
+    assert first.steps == again.steps
+    other = _reagent(toy, **{**settings, "seed": 4})
+    assert not np.array_equal(first.attribution, other.attribution)
+    # 20 probes are two calls of at most 16 rows: 1 prior + 1 original + 2 x 2 per step.
+    assert first.model_calls == forwards_per_prompt(first.steps, ReagentSettings(**settings)) == 2 + 4 * first.steps
+    assert first.row_forwards == 2 + 2 * 20 * first.steps
+
+
+def test_reagent_leaves_the_global_rng_alone(toy):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    _reagent(toy)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_reagent_gives_up_after_max_steps_and_averages_all_probes(toy, caplog):
+    model, prompt, _ = toy
+    with torch.no_grad():
+        winners = set(model.head(model.embed.weight).argmax(-1).tolist())
+    never = next(v for v in range(model.config.vocab_size) if v not in winners)  # top-1 for no token at j
+    with caplog.at_level("WARNING", logger="probattr_monitor.evaluate.reagent"):
+        res = reagent_attribution(model, torch.tensor(prompt), torch.tensor([never]),
+                                  ReagentSettings(keep_top_n=1, stopping_top_k=1, max_steps=3))
+    assert res.steps == 3 and res.stopped == 0
+    assert "not within the top 1 predictions even on the original prompt" in caplog.text
+    assert "no probe met the stopping condition in 3 steps" in caplog.text
+    assert res.attribution.sum() == pytest.approx(1.0)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -175,9 +233,14 @@ def test_unknown_method_is_refused_with_the_choices():
         EvaluationSettings(methods=("as", "saliency"))
 
 
-def test_reagent_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match="'reagent' is not available.*not in Captum"):
-        EvaluationSettings(methods=("reagent",))
+@pytest.mark.parametrize("field,value,message", [
+    ("replacing_ratio", 1.0, r"replacing_ratio must be in \(0, 1\)"),
+    ("replacer", "roberta", "replacer must be one of"),
+    ("num_probes", 0, "num_probes must be a positive integer"),
+])
+def test_bad_reagent_settings_are_refused(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ReagentSettings(**{field: value})
 
 
 def test_prompt_too_long_for_the_model_is_refused_before_any_forward():
@@ -205,7 +268,7 @@ def test_cli_evaluate_end_to_end(cli_files, capsys):
     out = cli_files / "run"
     code = main(["evaluate", "--model", str(cli_files / "ckpt"), "--probes", str(cli_files / "probes.jsonl"),
                  "--candidates", "all", "--max-new-tokens", "2", "--num-samples", "3", "--lime-samples", "8",
-                 "--masks", "4", "--out", str(out), "-q"])
+                 "--masks", "4", "--reagent-max-steps", "40", "--out", str(out), "-q"])
     stdout = capsys.readouterr().out
     assert code == 0
     assert "| decoding | method | infidelity ↓ | naopc ↑ | comprehensiveness ↑ | sufficiency ↓ |" in stdout
@@ -227,6 +290,36 @@ def test_cli_evaluate_end_to_end(cli_files, capsys):
     first = doc["prompts"][0]
     res = attribute(model, first["prompt_ids"], first["response_ids"], candidates="all")
     np.testing.assert_allclose(first["attributions"]["as"], res.attribution, rtol=1e-6, atol=1e-9)
+
+
+def test_cli_evaluate_reagent_alone_needs_no_captum(cli_files, capsys, monkeypatch):
+    from probattr_monitor.evaluate import baselines
+
+    def no_captum():
+        raise ImportError("the baseline methods need Captum")
+
+    monkeypatch.setattr(baselines, "require_captum", no_captum)
+    out = cli_files / "reagent"
+    code = main(["evaluate", "--model", str(cli_files / "ckpt"), "--probes", str(cli_files / "probes.jsonl"),
+                 "--methods", "reagent", "--decodings", "greedy", "--max-new-tokens", "2", "--masks", "4",
+                 "--reagent-probes", "8", "--reagent-max-steps", "30", "--reagent-replacer", "uniform",
+                 "--seed", "2", "--out", str(out), "-q"])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((out / "faithfulness.json").read_text())
+    assert [(r["probe"], r["method"]) for r in doc["rows"]] == [("tim", "reagent"), ("surfer", "reagent")]
+    assert all(math.isfinite(r[m]) for r in doc["rows"] for m in DIRECTIONS)
+    assert doc["meta"]["settings"]["reagent"] == {"keep_top_n": 5, "stopping_top_k": 3, "replacing_ratio": 0.3,
+                                                  "max_steps": 30, "num_probes": 8, "replacer": "uniform", "seed": 2}
+    for prompt in doc["prompts"]:
+        attribution = np.asarray(prompt["attributions"]["reagent"])
+        assert attribution.shape == (len(prompt["prompt_ids"]) - 1,)
+        assert np.all(attribution >= 0) and attribution.sum() == pytest.approx(1.0)
+        cost = prompt["method_costs"]["reagent"]
+        assert 1 <= cost["steps"] <= 30 and cost["model_calls"] == 2 + 2 * cost["steps"]
+    # Captum is still required as soon as a Captum method is asked for.
+    code = main(["evaluate", "--model", str(cli_files / "ckpt"), "--methods", "reagent,lime",
+                 "--out", str(cli_files / "never")])
+    assert code == 2 and "need Captum" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("methods,message", [("", "method list is empty"), ("as,bogus", "unknown method 'bogus'")])

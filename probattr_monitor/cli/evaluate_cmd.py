@@ -1,4 +1,4 @@
-"""``probattr evaluate``: the faithfulness of AS against Captum's attribution methods (the paper's section 5)."""
+"""``probattr evaluate``: the faithfulness of AS against Captum's attribution methods and ReAgent (section 5)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ logger = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 Compare AS with Input x Gradient, Gradient SHAP, LIME and Occlusion (Captum)
-on the same prompts and fixed responses (greedy and/or top-p), every method
-evaluated under the same replacement operator (a removed token is replaced by
-the model's most likely other token given its prefix) with infidelity (lower
-is better), NAOPC (higher), comprehensiveness (higher) and sufficiency
-(lower). ReAgent is not available (Captum has none).
+and ReAgent (this package's implementation of Inseq's algorithm) on the same
+prompts and fixed responses (greedy and/or top-p), every method evaluated
+under the same replacement operator (a removed token is replaced by the
+model's most likely other token given its prefix) with infidelity (lower is
+better), NAOPC (higher), comprehensiveness (higher) and sufficiency (lower).
 """
 
 EPILOG = """\
@@ -69,6 +69,21 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
                    help="LIME's perturbed prompts (default: %(default)s)")
     s.add_argument("--shap-samples", type=_positive_int, default=5, metavar="N",
                    help="Gradient SHAP's samples (default: %(default)s)")
+    r = p.add_argument_group("ReAgent (defaults: Inseq's)")
+    r.add_argument("--reagent-probes", type=_positive_int, default=16, metavar="R",
+                   help="ReAgent's probes: independent runs, batched and averaged (default: %(default)s)")
+    r.add_argument("--reagent-max-steps", type=_positive_int, default=3000, metavar="N",
+                   help="steps before unstopped probes are given up; each costs 2 batches of R rows "
+                        "(default: %(default)s)")
+    r.add_argument("--reagent-keep", type=_positive_int, default=5, metavar="N",
+                   help="most important positions kept by the stopping test (default: %(default)s)")
+    r.add_argument("--reagent-top-k", type=_positive_int, default=3, metavar="K",
+                   help="stop when every response token is in the top K (default: %(default)s)")
+    r.add_argument("--reagent-ratio", type=number(float, above=0, maximum=1), default=0.3, metavar="Q",
+                   help="share of positions replaced per step, below 1 (default: %(default)s)")
+    r.add_argument("--reagent-replacer", choices=("model", "uniform"), default="model",
+                   help="replacement tokens: sampled from the model's p(v | prefix), or uniform "
+                        "(default: %(default)s)")
     s.add_argument("--masks", type=number(int, minimum=2), default=32, metavar="N",
                    help="random masks of infidelity, shared by all methods (default: %(default)s)")
     s.add_argument("--naopc-bounds", choices=("greedy", "single"), default="greedy",
@@ -82,15 +97,20 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Any:
     from probattr_monitor.evaluate import EvaluationSettings
     from probattr_monitor.evaluate.baselines import BaselineSettings
+    from probattr_monitor.evaluate.reagent import ReagentSettings
 
     try:
         return EvaluationSettings(
             methods=[m.strip() for m in args.methods.split(",") if m.strip()],
             baselines=BaselineSettings(lime_samples=args.lime_samples, shap_samples=args.shap_samples, seed=args.seed),
+            reagent=ReagentSettings(keep_top_n=args.reagent_keep, stopping_top_k=args.reagent_top_k,
+                                    replacing_ratio=args.reagent_ratio, max_steps=args.reagent_max_steps,
+                                    num_probes=args.reagent_probes, replacer=args.reagent_replacer,
+                                    seed=args.seed),
             n_masks=args.masks, naopc_bounds=args.naopc_bounds, decodings=tuple(d.strip() for d in args.decodings.split(",") if d.strip()),
             max_new_tokens=args.max_new_tokens, top_p=args.top_p, num_samples=args.num_samples, seed=args.seed)
     except ValueError as exc:
-        raise CLIError(f"--methods/--decodings: {exc}", code=EXIT_USAGE) from None
+        raise CLIError(f"--methods/--decodings/--reagent-*: {exc}", code=EXIT_USAGE) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     settings = _settings(args)
-    if any(m != "as" for m in settings.methods):
+    from probattr_monitor.evaluate.baselines import BASELINES
+
+    if any(m in BASELINES for m in settings.methods):
         from probattr_monitor.evaluate.baselines import require_captum
 
         try:

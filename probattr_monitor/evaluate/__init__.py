@@ -1,12 +1,13 @@
 """Faithfulness evaluation of AS against other attribution methods (the paper's section 5; ``probattr evaluate``).
 
 Modules: the replacement operator every method is perturbed with
-(``perturbation``), the Captum baselines (``baselines``), the metrics and their
+(``perturbation``), the Captum baselines (``baselines``), ReAgent (``reagent``), the metrics and their
 directions (``metrics``), running every method on a prompt (``runner``),
 tables, exports and figures (``outputs``).
 """
 
 from probattr_monitor.evaluate.metrics import DIRECTIONS, FaithfulnessScores
+from probattr_monitor.evaluate.reagent import ReagentSettings
 from probattr_monitor.evaluate.runner import (
     METHODS,
     EvaluationSettings,
@@ -17,4 +18,4 @@ from probattr_monitor.evaluate.runner import (
 )
 
 __all__ = ["DIRECTIONS", "METHODS", "EvaluationSettings", "FaithfulnessScores", "MethodEvaluation",
-           "PromptEvaluation", "evaluate_probe_set", "evaluate_prompt"]
+           "PromptEvaluation", "ReagentSettings", "evaluate_probe_set", "evaluate_prompt"]

@@ -5,8 +5,7 @@ prompt tokens. Gradient methods act on the input embeddings (the per-token
 score sums over the embedding dimension); perturbation methods remove a token
 by putting the embedding of its replacement ``r_k`` (the operator of
 :mod:`.perturbation`) in its place, so that they perturb exactly as the
-metrics do. Captum 0.9 has no ReAgent, so it is not offered (see
-:data:`UNAVAILABLE`).
+metrics do. Captum 0.9 has no ReAgent; it is implemented in :mod:`.reagent`.
 """
 
 from __future__ import annotations
@@ -17,14 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["BASELINES", "UNAVAILABLE", "BaselineSettings", "baseline_attribution", "require_captum"]
-
-#: Methods named in the paper that this package cannot run, and why.
-UNAVAILABLE = {
-    "reagent": "ReAgent (Zhao and Shan, 2024) is not in Captum, the attribution library used here; "
-               "Inseq's implementation was not adopted (see README, 'Faithfulness evaluation')",
-}
-
+__all__ = ["BASELINES", "BaselineSettings", "baseline_attribution", "require_captum"]
 
 @dataclass(frozen=True)
 class BaselineSettings:
@@ -60,7 +52,7 @@ def require_captum() -> None:
         import captum  # noqa: F401
     except ImportError:
         raise ImportError("the baseline methods need Captum: pip install 'captum>=0.7' "
-                          "(or run --methods as)") from None
+                          "(or run --methods as,reagent)") from None
 
 
 class _Ridge:

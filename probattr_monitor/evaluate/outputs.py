@@ -83,7 +83,7 @@ def write_outputs(out: Path, model: str, evaluations: Sequence[Any], meta: dict)
     doc = {"meta": meta, "directions": DIRECTIONS, "rows": table, "summary": summary,
            "prompts": [{"probe": e.probe_id, "decoding": e.decoding, "prompt_ids": e.prompt_ids,
                         "response_ids": e.response_ids, "log_p_response": e.f0,
-                        "metric_token_forwards": e.metric_token_forwards,
+                        "metric_token_forwards": e.metric_token_forwards, "method_costs": e.method_costs,
                         "attributions": {m.method: m.attribution for m in e.methods}} for e in evaluations]}
     sum_cols = ["model", "decoding", "method", "probes", *DIRECTIONS, *(f"{m}_best" for m in DIRECTIONS)]
     written = {

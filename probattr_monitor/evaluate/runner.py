@@ -13,9 +13,10 @@ from probattr_monitor.engine import Budget, attribute
 from probattr_monitor.engine.modes import scoring_mode
 from probattr_monitor.engine.text import DECODINGS, make_response
 from probattr_monitor.engine.validation import check_fits_context
-from probattr_monitor.evaluate.baselines import BASELINES, UNAVAILABLE, BaselineSettings, baseline_attribution
+from probattr_monitor.evaluate.baselines import BASELINES, BaselineSettings, baseline_attribution
 from probattr_monitor.evaluate.metrics import BOUND_SEARCHES, FaithfulnessScores, MetricContext
 from probattr_monitor.evaluate.perturbation import ReplacementOperator
+from probattr_monitor.evaluate.reagent import ReagentSettings, reagent_attribution
 from probattr_monitor.probes import ProbeSet, render
 from probattr_monitor.tokenization import encode_text
 
@@ -24,8 +25,8 @@ __all__ = ["METHODS", "EvaluationSettings", "MethodEvaluation", "PromptEvaluatio
 
 logger = logging.getLogger(__name__)
 
-#: Every method ``probattr evaluate`` runs: AS (this package's engine) and the Captum baselines.
-METHODS = ("as", *BASELINES)
+#: Every method ``probattr evaluate`` runs: AS (this package's engine), the Captum baselines and ReAgent.
+METHODS = ("as", *BASELINES, "reagent")
 
 
 def check_methods(methods: Sequence[str]) -> tuple:
@@ -36,8 +37,6 @@ def check_methods(methods: Sequence[str]) -> tuple:
     if not methods:
         raise ValueError(f"the method list is empty; choose from: {', '.join(METHODS)}")
     for name in methods:
-        if name in UNAVAILABLE:
-            raise ValueError(f"method {name!r} is not available: {UNAVAILABLE[name]}")
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
     if len(set(methods)) != len(methods):
@@ -57,6 +56,8 @@ class EvaluationSettings:
         AS's candidate set (as for :func:`~probattr_monitor.engine.attribute`).
     baselines : BaselineSettings
         LIME and Gradient SHAP sample counts.
+    reagent : ReagentSettings
+        ReAgent's parameters (:mod:`~probattr_monitor.evaluate.reagent`).
     n_masks : int
         Random masks of infidelity (shared by every method).
     naopc_bounds : {"greedy", "single"}
@@ -70,6 +71,7 @@ class EvaluationSettings:
     methods: tuple = METHODS
     candidates: Union[str, Sequence[int], Budget] = field(default_factory=Budget)
     baselines: BaselineSettings = field(default_factory=BaselineSettings)
+    reagent: ReagentSettings = field(default_factory=ReagentSettings)
     n_masks: int = 32
     naopc_bounds: str = "greedy"
     decodings: tuple = ("greedy", "top-p")
@@ -95,6 +97,7 @@ class EvaluationSettings:
                                                         else {"subset": len(list(cand))})
         return {"methods": list(self.methods), "candidates": cand_desc,
                 "lime_samples": self.baselines.lime_samples, "shap_samples": self.baselines.shap_samples,
+                "reagent": self.reagent.to_dict(),
                 "n_masks": self.n_masks, "naopc_bounds": self.naopc_bounds, "decodings": list(self.decodings), "max_new_tokens": self.max_new_tokens,
                 "top_p": self.top_p, "num_samples": self.num_samples, "seed": self.seed}
 
@@ -114,7 +117,8 @@ class PromptEvaluation:
 
     ``metric_token_forwards`` counts the tokens fed to the model by the
     metrics (shared masks, deletion bounds and every method's curves), a
-    load-independent measure of their cost.
+    load-independent measure of their cost; ``method_costs`` holds ReAgent's
+    steps, model calls and row forwards (when it ran).
     """
 
     probe_id: str
@@ -125,6 +129,7 @@ class PromptEvaluation:
     methods: tuple
     metric_token_forwards: int
     seconds: float
+    method_costs: dict = field(default_factory=dict)
 
     def scores(self) -> dict:
         return {m.method: m.scores.to_dict() for m in self.methods}
@@ -160,11 +165,18 @@ def evaluate_prompt(model: Any, prompt_ids: Sequence[int], response_ids: Sequenc
         op = ReplacementOperator.build(model, prompt_ids, response_ids)
         scorer = _CountingScorer(op)
         ctx = MetricContext.build(op.n_positions, scorer, settings.n_masks, settings.seed, settings.naopc_bounds)
-        out = []
+        out, costs = [], {}
         for method in settings.methods:
             if method == "as":
                 res = attribute(model, prompt_ids, response_ids, candidates=settings.candidates)
                 attr = np.asarray(res.attribution, dtype=float)
+            elif method == "reagent":
+                rea = reagent_attribution(model, op.prompt, op.response, settings.reagent)
+                attr = rea.attribution[1:]
+                costs[method] = {"steps": rea.steps, "stopped_probes": rea.stopped, "model_calls": rea.model_calls,
+                                 "row_forwards": rea.row_forwards}
+                logger.debug("probe %s (%s): ReAgent %d steps, %d model calls", probe_id, decoding, rea.steps,
+                             rea.model_calls)
             else:
                 attr = baseline_attribution(method, model, op.prompt, op.response, op.replacements,
                                             settings.baselines)[1:]
@@ -173,7 +185,7 @@ def evaluate_prompt(model: Any, prompt_ids: Sequence[int], response_ids: Sequenc
             logger.debug("probe %s (%s): %s done", probe_id, decoding, method)
     length = len(prompt_ids) + len(response_ids)
     return PromptEvaluation(probe_id, decoding, tuple(prompt_ids), tuple(response_ids), ctx.f0, tuple(out),
-                            scorer.rows * length, time.perf_counter() - started)
+                            scorer.rows * length, time.perf_counter() - started, costs)
 
 
 def evaluate_probe_set(model: Any, tokenizer: Any, probes: ProbeSet, settings: EvaluationSettings,
