@@ -13,6 +13,7 @@ from typing import Any
 from probattr_monitor.cli.arguments import number
 from probattr_monitor.cli.candidates import HELP as CANDIDATES_HELP, parse_candidates
 from probattr_monitor.cli.errors import EXIT_SCORING, EXIT_USAGE, CLIError
+from probattr_monitor.cli.loading import load_probes
 from probattr_monitor.cli.output_dir import discard_if_unused, prepare_output_dir
 
 logger = logging.getLogger(__name__)
@@ -95,8 +96,6 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``probattr evaluate``: options and probes are checked before the model is loaded."""
-    from probattr_monitor.cli.score_cmd import load_probes
-
     started = time.perf_counter()
     settings = _settings(args)
     if any(m != "as" for m in settings.methods):

@@ -15,6 +15,7 @@ from typing import Any
 from probattr_monitor.cli.arguments import number
 from probattr_monitor.cli.candidates import HELP as CANDIDATES_HELP, parse_candidates
 from probattr_monitor.cli.errors import EXIT_INPUT, EXIT_SCORING, EXIT_STATUS_HELP, EXIT_USAGE, CLIError
+from probattr_monitor.cli.loading import load_probes
 from probattr_monitor.cli.output_dir import discard_if_unused, prepare_output_dir
 
 logger = logging.getLogger("probattr_monitor.cli")
@@ -151,23 +152,6 @@ def _default_formats() -> tuple:
     return ("csv", "parquet", "json")
 
 
-def _load_probes(spec: str, limit: Any) -> Any:
-    from probattr_monitor.probes import ProbeSet, load_probe_set
-
-    try:
-        probes = load_probe_set(spec)
-    except (ValueError, FileNotFoundError, TypeError, OSError) as exc:
-        raise CLIError(f"cannot load probe set {spec!r}: {exc}") from None
-    if limit is not None and limit < len(probes):
-        probes = ProbeSet(name=probes.name, probes=probes.probes[:limit], source=probes.source,
-                          lines=None if probes.lines is None else probes.lines[:limit])
-    return probes
-
-
-#: The probe-set loading of ``score``, shared by ``evaluate``.
-load_probes = _load_probes
-
-
 def _scoring_config(args: argparse.Namespace) -> Any:
     from probattr_monitor.report import NoiseConfig
     from probattr_monitor.scoring import ScoringConfig
@@ -255,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError("--formats parquet needs pyarrow: pip install 'probattr-monitor[io]'",
                            code=EXIT_INPUT) from None
     out = Path(args.out)
-    probes = _load_probes(args.probes, args.limit_probes)
+    probes = load_probes(args.probes, args.limit_probes)
     logger.info("probe set %r: %d probes (fingerprint %s)", probes.name, len(probes), probes.fingerprint[:12])
     from probattr_monitor.cli.dist_setup import start_ranks, stop_ranks
 

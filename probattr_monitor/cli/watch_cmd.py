@@ -130,11 +130,10 @@ def _monitor(args: argparse.Namespace) -> Any:
                                 n_boot=args.n_boot)
         probes: Any = args.probes
         if args.limit_probes is not None:
-            from probattr_monitor.probes import ProbeSet, load_probe_set
+            from probattr_monitor.cli.loading import first_probes
+            from probattr_monitor.probes import load_probe_set
 
-            full = load_probe_set(args.probes)
-            probes = ProbeSet(name=full.name, probes=full.probes[:args.limit_probes], source=full.source,
-                              lines=None if full.lines is None else full.lines[:args.limit_probes])
+            probes = first_probes(load_probe_set(args.probes), args.limit_probes)
         return ProbAttrMonitor(probes, scoring=scoring, metric=args.metric or DEFAULT_GATE_METRIC, mode=args.mode,
                                prefix=args.prefix)
     except (ValueError, TypeError, FileNotFoundError, OSError) as exc:
