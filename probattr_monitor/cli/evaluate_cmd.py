@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from probattr_monitor.cli.arguments import number
+from probattr_monitor.cli.arguments import add_model_arguments, number
 from probattr_monitor.cli.candidates import HELP as CANDIDATES_HELP, parse_candidates
 from probattr_monitor.cli.errors import EXIT_SCORING, EXIT_USAGE, CLIError
 from probattr_monitor.cli.loading import load_probes
@@ -44,16 +44,8 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to evaluate")
-    g.add_argument("--model", "-m", required=True, metavar="M",
-                   help="'smollm2', a Hugging Face model directory, or a checkpoint with --config")
-    g.add_argument("--config", metavar="DIR_OR_JSON", help="model config for a bare checkpoint")
-    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's)")
-    g.add_argument("--probes", "-p", default="paper", metavar="SET", help="probe set (default: %(default)s)")
-    g.add_argument("--limit-probes", type=_positive_int, metavar="N", help="only the first N probes")
+    add_model_arguments(g, probes_default="paper", dtype=False, torchrun=False)
     g.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created if missing)")
-    g.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code")
-    g.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    g.add_argument("--threads", type=_positive_int, metavar="N", help="torch CPU threads")
     s = p.add_argument_group("methods and cost")
     s.add_argument("--methods", default=",".join(METHODS), metavar="LIST",
                    help="comma-separated methods (default: %(default)s)")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from probattr_monitor.cli.arguments import number
+from probattr_monitor.cli.arguments import add_model_arguments, number
 from probattr_monitor.cli.candidates import HELP as CANDIDATES_HELP, parse_candidates
 from probattr_monitor.cli.errors import EXIT_INPUT, EXIT_SCORING, EXIT_STATUS_HELP, EXIT_USAGE, CLIError
 from probattr_monitor.cli.loading import load_probes
@@ -75,31 +75,11 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to score")
-    g.add_argument("--model", "-m", required=True, metavar="M",
-                   help="local HF model directory, .gguf file, Lightning .ckpt (with --config), or 'smollm2'")
-    g.add_argument("--probes", "-p", default="reasonable-en", metavar="SET",
-                   help="built-in probe set (paper, reasonable-en; see 'probattr probes') or a .jsonl/.yaml "
-                        "probe file (default: %(default)s)")
+    add_model_arguments(g, probes_default="reasonable-en")
     g.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created if missing)")
-    g.add_argument("--config", metavar="DIR_OR_JSON",
-                   help="model config for a .ckpt: a HF model directory or a config.json "
-                        "(default: config.json next to the checkpoint)")
-    g.add_argument("--tokenizer", metavar="DIR",
-                   help="tokenizer directory (default: the model directory; for a .ckpt, the --config "
-                        "directory or the checkpoint's directory)")
     g.add_argument("--step", metavar="LABEL",
                    help="step label recorded in the report (an integer is stored as a number; "
                         "default: the checkpoint's name)")
-    g.add_argument("--limit-probes", type=_positive_int, metavar="N", help="score only the first N probes")
-    g.add_argument("--trust-remote-code", action="store_true",
-                   help="allow custom model code shipped with the model (off by default)")
-    g.add_argument("--device", default="cpu", help="torch device to run on (default: %(default)s)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                   help="run the model's forwards in this dtype (default: as loaded, float32 for a .ckpt); "
-                        "log-softmax reductions stay float32/float64")
-    g.add_argument("--threads", type=_positive_int, metavar="N",
-                   help="CPU threads torch may use (default: torch's choice; 1 is often fastest for small "
-                        "models on a busy machine)")
 
     s = p.add_argument_group("scoring")
     s.add_argument("--candidates", default="budget", metavar="SPEC", help=CANDIDATES_HELP)
