@@ -10,7 +10,9 @@ finite values within bounds, so that a bad value is a usage error (exit status
     p.add_argument("--limit-probes", type=number(int, minimum=1))
 
 :func:`add_model_arguments` adds the options that say which model and probes a
-command loads, the same for ``score``, ``evaluate`` and ``watch``.
+command loads, the same for ``score``, ``evaluate`` and ``watch``;
+:func:`add_generation_arguments` those of the responses ``score`` and
+``evaluate`` generate.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Callable, Optional, Union
 
 Number = Union[int, float]
 
-__all__ = ["add_model_arguments", "number"]
+__all__ = ["add_generation_arguments", "add_model_arguments", "number"]
 
 
 def _text(bound: Number) -> str:
@@ -143,3 +145,22 @@ def add_model_arguments(
     group.add_argument("--threads", type=positive_int, metavar="N",
                        help="CPU threads torch may use (default: torch's choice; 1 is often fastest for small "
                             "models on a busy machine)")
+
+
+def add_generation_arguments(group: "argparse._ActionsContainer", *, max_new_tokens: int) -> None:
+    """Add ``--top-p``, ``--num-samples`` and ``--max-new-tokens``: how a response is generated.
+
+    Parameters
+    ----------
+    group : argparse parser or argument group
+        Where the options go.
+    max_new_tokens : int
+        The default of ``--max-new-tokens``.
+    """
+    positive_int = number(int, minimum=1)
+    group.add_argument("--top-p", type=number(float, above=0, maximum=1), default=0.9, metavar="P",
+                       help="nucleus mass of top-p decoding (default: %(default)s)")
+    group.add_argument("--num-samples", type=positive_int, default=20, metavar="K",
+                       help="top-p samples drawn; the most frequent response is used (default: %(default)s)")
+    group.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens, metavar="N",
+                       help="response length bound (default: %(default)s)")

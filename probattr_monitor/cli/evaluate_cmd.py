@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from probattr_monitor.cli.arguments import add_model_arguments, number
+from probattr_monitor.cli.arguments import add_generation_arguments, add_model_arguments, number
 from probattr_monitor.cli.candidates import HELP as CANDIDATES_HELP, parse_candidates
 from probattr_monitor.cli.errors import EXIT_SCORING, EXIT_USAGE, CLIError
 from probattr_monitor.cli.loading import load_probes
@@ -52,12 +52,7 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     s.add_argument("--candidates", default="budget", metavar="SPEC", help="AS's candidates: " + CANDIDATES_HELP)
     s.add_argument("--decodings", default="greedy,top-p", metavar="LIST",
                    help="responses to evaluate: greedy, top-p or both (default: %(default)s)")
-    s.add_argument("--max-new-tokens", type=_positive_int, default=8, metavar="N",
-                   help="response length (default: %(default)s)")
-    s.add_argument("--top-p", type=number(float, above=0, maximum=1), default=0.9, metavar="P",
-                   help="nucleus of top-p decoding (default: %(default)s)")
-    s.add_argument("--num-samples", type=_positive_int, default=20, metavar="K",
-                   help="top-p draws; the most frequent response is evaluated (default: %(default)s)")
+    add_generation_arguments(s, max_new_tokens=8)
     s.add_argument("--lime-samples", type=_positive_int, default=50, metavar="N",
                    help="LIME's perturbed prompts (default: %(default)s)")
     s.add_argument("--shap-samples", type=_positive_int, default=5, metavar="N",

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from probattr_monitor.cli.arguments import add_model_arguments, number
+from probattr_monitor.cli.arguments import add_generation_arguments, add_model_arguments, number
 from probattr_monitor.cli.candidates import HELP as CANDIDATES_HELP, parse_candidates
 from probattr_monitor.cli.errors import EXIT_INPUT, EXIT_SCORING, EXIT_STATUS_HELP, EXIT_USAGE, CLIError
 from probattr_monitor.cli.loading import load_probes
@@ -85,12 +85,7 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     s.add_argument("--candidates", default="budget", metavar="SPEC", help=CANDIDATES_HELP)
     s.add_argument("--decoding", choices=("greedy", "top-p"), default="greedy",
                    help="how the response is generated for probes without a fixed one (default: %(default)s)")
-    s.add_argument("--top-p", type=number(float, above=0, maximum=1), default=0.9, metavar="P",
-                   help="nucleus mass for --decoding top-p (default: %(default)s)")
-    s.add_argument("--num-samples", type=_positive_int, default=20, metavar="K",
-                   help="top-p samples drawn; the most frequent is scored (default: %(default)s)")
-    s.add_argument("--max-new-tokens", type=_positive_int, default=20, metavar="N",
-                   help="response length bound (default: %(default)s)")
+    add_generation_arguments(s, max_new_tokens=20)
     s.add_argument("--seed", type=_seed, default=0, help="seed of sampling and bootstrap (default: %(default)s)")
     s.add_argument("--batch-size", type=_positive_int, metavar="B",
                    help="candidates per forward pass (default: chosen from the memory budget)")
