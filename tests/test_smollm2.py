@@ -1,6 +1,7 @@
 """The engine on the real SmolLM2-135M-Instruct model (49,152-token vocabulary), over small candidate sets.
 
-Loading the GGUF file takes ~20 s, so the model is loaded once per module.
+Loading the GGUF file takes ~20 s, so the model is loaded once per session (the ``smollm2``
+fixture of tests/conftest.py).
 """
 
 import copy
@@ -10,15 +11,8 @@ import pytest
 
 from probattr_monitor import attribute, attribute_text
 from probattr_monitor.engine.text import encode_prompt
-from probattr_monitor.models import load_model_and_tokenizer
 
 PROMPT = "What year did Albert Einstein visit Mars?"
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    pytest.importorskip("gguf")
-    return load_model_and_tokenizer("smollm2")
 
 
 def test_bos_policy_and_greedy_response(smollm2):

@@ -49,6 +49,25 @@ def last_table(run_dir: Path, key: str) -> dict:
     return load_wandb_table(run_dir, rows[-1], key)
 
 
+def check_run_history_and_best(run_dir: Path, history: list) -> dict:
+    """Read a finished offline run back: its last probe-history table holds the set row of every scoring in
+    ``history`` (a training callback's, three or more) with the gate value the callback recorded, and its
+    summary the best of them. Returns the summary."""
+    steps = [h.step for h in history]
+    assert len(steps) >= 3
+    table = last_table(run_dir, "probattr/history/probes")
+    data = [dict(zip(table["columns"], r)) for r in table["data"]]
+    got = {r["step"]: r[G] for r in data if r["probe_id"] == SET_ROW_ID}
+    assert sorted(got) == steps
+    for h in history:
+        assert got[h.step] == pytest.approx(h.value, rel=1e-9)
+    best = min(history, key=lambda h: h.value)
+    summary = wandb_summary(run_dir)
+    assert summary[f"probattr/best/{G}"] == pytest.approx(best.value, rel=1e-9)
+    assert summary["probattr/best/step"] == best.step
+    return summary
+
+
 def changed_tokens(prev, cur) -> set:
     """Independent oracle: (probe_id, position) whose class or noise flag differs between two tables."""
     a = prev[~prev["excluded"]].set_index(["probe_id", "position"])[["as_class", "noise"]]
@@ -209,18 +228,7 @@ def test_lightning_wandb_logger_run_holds_the_history_and_the_best(tmp_path):
     trainer.fit(TinyLitLM(tok))
     run_dir = Path(wl.experiment.dir).parent
     wl.experiment.finish()
-    steps = [h.step for h in cb.history]
-    assert len(steps) >= 3
-    table = last_table(run_dir, "probattr/history/probes")
-    data = [dict(zip(table["columns"], r)) for r in table["data"]]
-    got = {r["step"]: r[G] for r in data if r["probe_id"] == SET_ROW_ID}
-    assert sorted(got) == steps
-    for h in cb.history:
-        assert got[h.step] == pytest.approx(h.value, rel=1e-9)
-    best = min(cb.history, key=lambda h: h.value)
-    summary = wandb_summary(run_dir)
-    assert summary[f"probattr/best/{G}"] == pytest.approx(best.value, rel=1e-9)
-    assert summary["probattr/best/step"] == best.step
+    check_run_history_and_best(run_dir, cb.history)
     for name in ("gate_history.png", "noise_heatmap.png"):
         assert (tmp_path / "files" / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -241,17 +249,7 @@ def test_hf_wandb_callback_run_holds_the_history_and_the_best(tmp_path, monkeypa
         trainer.train()
     finally:
         wandb.finish()
-    run_dir = wandb_run_dir(tmp_path)
-    steps = [h.step for h in cb.history]
-    assert len(steps) >= 3
-    table = last_table(run_dir, "probattr/history/probes")
-    data = [dict(zip(table["columns"], r)) for r in table["data"]]
-    got = {r["step"]: r[G] for r in data if r["probe_id"] == SET_ROW_ID}
-    assert sorted(got) == steps
-    best = min(cb.history, key=lambda h: h.value)
-    summary = wandb_summary(run_dir)
-    assert summary[f"probattr/best/{G}"] == pytest.approx(best.value, rel=1e-9)
-    assert summary["probattr/best/step"] == best.step
+    summary = check_run_history_and_best(wandb_run_dir(tmp_path), cb.history)
     assert np.isfinite(summary[f"probattr/best/{G}_ci_high"])
     for name in ("gate_history.png", "noise_heatmap.png"):
         assert (tmp_path / "files" / name).read_bytes()[:4] == b"\x89PNG"

@@ -8,6 +8,11 @@ finite values within bounds, so that a bad value is a usage error (exit status
     p.add_argument("--max", type=number(float))            # finite
     p.add_argument("--top-p", type=number(float, above=0, maximum=1))
     p.add_argument("--limit-probes", type=number(int, minimum=1))
+
+:func:`add_model_arguments` adds the options that say which model and probes a
+command loads, the same for ``score``, ``evaluate`` and ``watch``;
+:func:`add_generation_arguments` those of the responses ``score`` and
+``evaluate`` generate.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Callable, Optional, Union
 
 Number = Union[int, float]
 
-__all__ = ["number"]
+__all__ = ["add_generation_arguments", "add_model_arguments", "number"]
 
 
 def _text(bound: Number) -> str:
@@ -82,3 +87,80 @@ def number(
 
     convert.__name__ = kind.__name__  # argparse's fallback message names the type
     return convert
+
+
+def add_model_arguments(
+    group: "argparse._ActionsContainer",
+    *,
+    probes_default: str,
+    model: bool = True,
+    dtype: bool = True,
+    torchrun: bool = True,
+) -> None:
+    """Add the options naming the model and probes a command loads.
+
+    ``--model`` (with ``model``), ``--config``, ``--tokenizer``, ``--probes``,
+    ``--limit-probes``, ``--trust-remote-code``, ``--device``, ``--dtype``
+    (with ``dtype``) and ``--threads``, read by
+    :func:`~probattr_monitor.cli.loading.load_model` and
+    :func:`~probattr_monitor.cli.loading.load_probes`.
+
+    Parameters
+    ----------
+    group : argparse parser or argument group
+        Where the options go.
+    probes_default : str
+        The default of ``--probes``.
+    model : bool
+        Add ``--model`` (``watch`` reads its checkpoints from a directory instead).
+    dtype : bool
+        Add ``--dtype``.
+    torchrun : bool
+        The command runs under torchrun: ``--device``'s help says how ``cuda``
+        is read there.
+    """
+    positive_int = number(int, minimum=1)
+    if model:
+        group.add_argument("--model", "-m", required=True, metavar="M",
+                           help="local HF model directory, .gguf file, Lightning .ckpt (with --config), or 'smollm2'")
+    group.add_argument("--probes", "-p", default=probes_default, metavar="SET",
+                       help="built-in probe set (paper, reasonable-en; see 'probattr probes') or a .jsonl/.yaml "
+                            "probe file (default: %(default)s)")
+    group.add_argument("--config", metavar="DIR_OR_JSON",
+                       help="model config for a .ckpt: a HF model directory or a config.json "
+                            "(default: config.json next to the checkpoint)")
+    group.add_argument("--tokenizer", metavar="DIR",
+                       help="tokenizer directory (default: the model directory; for a .ckpt, the --config "
+                            "directory or the checkpoint's directory)")
+    group.add_argument("--limit-probes", type=positive_int, metavar="N", help="use only the first N probes of the set")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="allow custom model code shipped with the model (off by default)")
+    group.add_argument("--device", default="cpu",
+                       help="torch device to run on (default: %(default)s"
+                            + ("; under torchrun 'cuda' is cuda:LOCAL_RANK)" if torchrun else ")"))
+    if dtype:
+        group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                           help="run the model's forwards in this dtype (default: as loaded, float32 for a .ckpt); "
+                                "log-softmax reductions stay float32/float64")
+    group.add_argument("--threads", type=positive_int, metavar="N",
+                       help="CPU threads torch may use (default: torch's choice; 1 is often fastest for small "
+                            "models on a busy machine)")
+
+
+def add_generation_arguments(group: "argparse._ActionsContainer", *, max_new_tokens: int) -> None:
+    """Add ``--top-p``, ``--num-samples`` and ``--max-new-tokens``: how a response is generated.
+
+    Parameters
+    ----------
+    group : argparse parser or argument group
+        Where the options go.
+    max_new_tokens : int
+        The default of ``--max-new-tokens``.
+    """
+    positive_int = number(int, minimum=1)
+    group.add_argument("--top-p", type=number(float, above=0, maximum=1), default=0.9, metavar="P",
+                       help="nucleus mass of top-p decoding (default: %(default)s)")
+    group.add_argument("--num-samples", type=positive_int, default=20, metavar="K",
+                       help="top-p samples drawn; the most frequent response is used (default: %(default)s)")
+    group.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens, metavar="N",
+                       help="response length bound (default: %(default)s)")

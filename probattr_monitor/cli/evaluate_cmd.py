@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from probattr_monitor.cli.arguments import number
+from probattr_monitor.cli.arguments import add_generation_arguments, add_model_arguments, number
 from probattr_monitor.cli.candidates import HELP as CANDIDATES_HELP, parse_candidates
 from probattr_monitor.cli.errors import EXIT_SCORING, EXIT_USAGE, CLIError
+from probattr_monitor.cli.loading import load_probes
 from probattr_monitor.cli.output_dir import discard_if_unused, prepare_output_dir
 
 logger = logging.getLogger(__name__)
@@ -43,28 +44,15 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to evaluate")
-    g.add_argument("--model", "-m", required=True, metavar="M",
-                   help="'smollm2', a Hugging Face model directory, or a checkpoint with --config")
-    g.add_argument("--config", metavar="DIR_OR_JSON", help="model config for a bare checkpoint")
-    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's)")
-    g.add_argument("--probes", "-p", default="paper", metavar="SET", help="probe set (default: %(default)s)")
-    g.add_argument("--limit-probes", type=_positive_int, metavar="N", help="only the first N probes")
+    add_model_arguments(g, probes_default="paper", dtype=False, torchrun=False)
     g.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created if missing)")
-    g.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code")
-    g.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    g.add_argument("--threads", type=_positive_int, metavar="N", help="torch CPU threads")
     s = p.add_argument_group("methods and cost")
     s.add_argument("--methods", default=",".join(METHODS), metavar="LIST",
                    help="comma-separated methods (default: %(default)s)")
     s.add_argument("--candidates", default="budget", metavar="SPEC", help="AS's candidates: " + CANDIDATES_HELP)
     s.add_argument("--decodings", default="greedy,top-p", metavar="LIST",
                    help="responses to evaluate: greedy, top-p or both (default: %(default)s)")
-    s.add_argument("--max-new-tokens", type=_positive_int, default=8, metavar="N",
-                   help="response length (default: %(default)s)")
-    s.add_argument("--top-p", type=number(float, above=0, maximum=1), default=0.9, metavar="P",
-                   help="nucleus of top-p decoding (default: %(default)s)")
-    s.add_argument("--num-samples", type=_positive_int, default=20, metavar="K",
-                   help="top-p draws; the most frequent response is evaluated (default: %(default)s)")
+    add_generation_arguments(s, max_new_tokens=8)
     s.add_argument("--lime-samples", type=_positive_int, default=50, metavar="N",
                    help="LIME's perturbed prompts (default: %(default)s)")
     s.add_argument("--shap-samples", type=_positive_int, default=5, metavar="N",
@@ -115,8 +103,6 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``probattr evaluate``: options and probes are checked before the model is loaded."""
-    from probattr_monitor.cli.score_cmd import load_probes
-
     started = time.perf_counter()
     settings = _settings(args)
     from probattr_monitor.evaluate.baselines import BASELINES

@@ -1,4 +1,5 @@
-"""``--model``: a Hugging Face directory, a GGUF file, a Lightning ``.ckpt`` + config, or ``smollm2``.
+"""What the commands load: ``--model`` (a Hugging Face directory, a GGUF file, a Lightning
+``.ckpt`` + config, or ``smollm2``) and ``--probes`` (cut to ``--limit-probes``).
 
 Everything is local: a path that does not exist is an error, never a hub id.
 """
@@ -56,6 +57,60 @@ def load_tokenizer(path: Path, trust_remote_code: bool, hint: str = "") -> Any:
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CLIError(f"cannot load a tokenizer from {path}{hint}: {_first_line(exc)}") from None
+
+
+def first_probes(probes: Any, limit: Optional[int]) -> Any:
+    """The first ``limit`` probes of a probe set (``--limit-probes``).
+
+    Parameters
+    ----------
+    probes : ProbeSet
+        The loaded probe set.
+    limit : int, optional
+        How many probes to keep; ``None`` keeps them all.
+
+    Returns
+    -------
+    ProbeSet
+        ``probes`` itself when nothing is cut, else a set of the same name and
+        source holding the first ``limit`` probes (and their source lines).
+    """
+    from probattr_monitor.probes import ProbeSet
+
+    if limit is None or limit >= len(probes):
+        return probes
+    return ProbeSet(name=probes.name, probes=probes.probes[:limit], source=probes.source,
+                    lines=None if probes.lines is None else probes.lines[:limit])
+
+
+def load_probes(spec: str, limit: Optional[int] = None) -> Any:
+    """Load ``--probes`` (a built-in set's name or a probe file), cut to ``--limit-probes``.
+
+    Parameters
+    ----------
+    spec : str
+        A built-in probe set (``paper``, ``reasonable-en``) or a ``.jsonl`` /
+        ``.yaml`` probe file.
+    limit : int, optional
+        Keep only the first ``limit`` probes (see :func:`first_probes`).
+
+    Returns
+    -------
+    ProbeSet
+
+    Raises
+    ------
+    CLIError
+        The set is unknown, or the file is missing or malformed
+        (exit status :data:`~probattr_monitor.cli.errors.EXIT_INPUT`).
+    """
+    from probattr_monitor.probes import load_probe_set
+
+    try:
+        probes = load_probe_set(spec)
+    except (ValueError, FileNotFoundError, TypeError, OSError) as exc:
+        raise CLIError(f"cannot load probe set {spec!r}: {exc}") from None
+    return first_probes(probes, limit)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from probattr_monitor.cli.arguments import number
+from probattr_monitor.cli.arguments import add_generation_arguments, add_model_arguments, number
 from probattr_monitor.cli.candidates import HELP as CANDIDATES_HELP, parse_candidates
 from probattr_monitor.cli.errors import EXIT_INPUT, EXIT_SCORING, EXIT_STATUS_HELP, EXIT_USAGE, CLIError
+from probattr_monitor.cli.loading import load_probes
 from probattr_monitor.cli.output_dir import discard_if_unused, prepare_output_dir
 
 logger = logging.getLogger("probattr_monitor.cli")
@@ -74,42 +75,17 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to score")
-    g.add_argument("--model", "-m", required=True, metavar="M",
-                   help="local HF model directory, .gguf file, Lightning .ckpt (with --config), or 'smollm2'")
-    g.add_argument("--probes", "-p", default="reasonable-en", metavar="SET",
-                   help="built-in probe set (paper, reasonable-en; see 'probattr probes') or a .jsonl/.yaml "
-                        "probe file (default: %(default)s)")
+    add_model_arguments(g, probes_default="reasonable-en")
     g.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created if missing)")
-    g.add_argument("--config", metavar="DIR_OR_JSON",
-                   help="model config for a .ckpt: a HF model directory or a config.json "
-                        "(default: config.json next to the checkpoint)")
-    g.add_argument("--tokenizer", metavar="DIR",
-                   help="tokenizer directory (default: the model directory; for a .ckpt, the --config "
-                        "directory or the checkpoint's directory)")
     g.add_argument("--step", metavar="LABEL",
                    help="step label recorded in the report (an integer is stored as a number; "
                         "default: the checkpoint's name)")
-    g.add_argument("--limit-probes", type=_positive_int, metavar="N", help="score only the first N probes")
-    g.add_argument("--trust-remote-code", action="store_true",
-                   help="allow custom model code shipped with the model (off by default)")
-    g.add_argument("--device", default="cpu", help="torch device to run on (default: %(default)s)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                   help="run the model's forwards in this dtype (default: as loaded, float32 for a .ckpt); "
-                        "log-softmax reductions stay float32/float64")
-    g.add_argument("--threads", type=_positive_int, metavar="N",
-                   help="CPU threads torch may use (default: torch's choice; 1 is often fastest for small "
-                        "models on a busy machine)")
 
     s = p.add_argument_group("scoring")
     s.add_argument("--candidates", default="budget", metavar="SPEC", help=CANDIDATES_HELP)
     s.add_argument("--decoding", choices=("greedy", "top-p"), default="greedy",
                    help="how the response is generated for probes without a fixed one (default: %(default)s)")
-    s.add_argument("--top-p", type=number(float, above=0, maximum=1), default=0.9, metavar="P",
-                   help="nucleus mass for --decoding top-p (default: %(default)s)")
-    s.add_argument("--num-samples", type=_positive_int, default=20, metavar="K",
-                   help="top-p samples drawn; the most frequent is scored (default: %(default)s)")
-    s.add_argument("--max-new-tokens", type=_positive_int, default=20, metavar="N",
-                   help="response length bound (default: %(default)s)")
+    add_generation_arguments(s, max_new_tokens=20)
     s.add_argument("--seed", type=_seed, default=0, help="seed of sampling and bootstrap (default: %(default)s)")
     s.add_argument("--batch-size", type=_positive_int, metavar="B",
                    help="candidates per forward pass (default: chosen from the memory budget)")
@@ -149,23 +125,6 @@ def _default_formats() -> tuple:
         logger.info("pyarrow is not installed: writing csv and json only")
         return ("csv", "json")
     return ("csv", "parquet", "json")
-
-
-def _load_probes(spec: str, limit: Any) -> Any:
-    from probattr_monitor.probes import ProbeSet, load_probe_set
-
-    try:
-        probes = load_probe_set(spec)
-    except (ValueError, FileNotFoundError, TypeError, OSError) as exc:
-        raise CLIError(f"cannot load probe set {spec!r}: {exc}") from None
-    if limit is not None and limit < len(probes):
-        probes = ProbeSet(name=probes.name, probes=probes.probes[:limit], source=probes.source,
-                          lines=None if probes.lines is None else probes.lines[:limit])
-    return probes
-
-
-#: The probe-set loading of ``score``, shared by ``evaluate``.
-load_probes = _load_probes
 
 
 def _scoring_config(args: argparse.Namespace) -> Any:
@@ -255,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError("--formats parquet needs pyarrow: pip install 'probattr-monitor[io]'",
                            code=EXIT_INPUT) from None
     out = Path(args.out)
-    probes = _load_probes(args.probes, args.limit_probes)
+    probes = load_probes(args.probes, args.limit_probes)
     logger.info("probe set %r: %d probes (fingerprint %s)", probes.name, len(probes), probes.fingerprint[:12])
     from probattr_monitor.cli.dist_setup import start_ranks, stop_ranks
 

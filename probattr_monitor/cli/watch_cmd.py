@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from probattr_monitor.cli.arguments import number
+from probattr_monitor.cli.arguments import add_model_arguments, number
 from probattr_monitor.cli.candidates import HELP as CANDIDATES_HELP, parse_candidates
 from probattr_monitor.cli.errors import EXIT_STATUS_HELP, EXIT_USAGE, CLIError
 from probattr_monitor.cli.watch_find import Candidate, Settler, find_candidates, has_complete_files
@@ -77,17 +77,7 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", help="the directory the training run saves its checkpoints in")
     g = p.add_argument_group("what to score")
     g.add_argument("--out", "-o", metavar="OUT", help="where reports and state go (default: DIR/probattr-watch)")
-    g.add_argument("--probes", "-p", default="reasonable-en", metavar="SET",
-                   help="built-in probe set or probe file (default: %(default)s)")
-    g.add_argument("--config", metavar="DIR_OR_JSON", help="model config for .ckpt files (default: beside them)")
-    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the checkpoint's)")
-    g.add_argument("--limit-probes", type=_positive_int, metavar="N", help="score only the first N probes")
-    g.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
-    g.add_argument("--device", default="cpu", help="torch device (under torchrun 'cuda' is cuda:LOCAL_RANK)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                   help="run the model's forwards in this dtype (default: as loaded, float32 for a .ckpt); "
-                        "log-softmax reductions stay float32/float64")
-    g.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads torch may use")
+    add_model_arguments(g, probes_default="reasonable-en", model=False)
     s = p.add_argument_group("scoring and gate")
     s.add_argument("--candidates", default="budget", metavar="SPEC", help=CANDIDATES_HELP)
     s.add_argument("--max-new-tokens", type=_positive_int, default=20, metavar="N",
@@ -130,11 +120,10 @@ def _monitor(args: argparse.Namespace) -> Any:
                                 n_boot=args.n_boot)
         probes: Any = args.probes
         if args.limit_probes is not None:
-            from probattr_monitor.probes import ProbeSet, load_probe_set
+            from probattr_monitor.cli.loading import first_probes
+            from probattr_monitor.probes import load_probe_set
 
-            full = load_probe_set(args.probes)
-            probes = ProbeSet(name=full.name, probes=full.probes[:args.limit_probes], source=full.source,
-                              lines=None if full.lines is None else full.lines[:args.limit_probes])
+            probes = first_probes(load_probe_set(args.probes), args.limit_probes)
         return ProbAttrMonitor(probes, scoring=scoring, metric=args.metric or DEFAULT_GATE_METRIC, mode=args.mode,
                                prefix=args.prefix)
     except (ValueError, TypeError, FileNotFoundError, OSError) as exc:

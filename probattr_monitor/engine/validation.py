@@ -166,13 +166,44 @@ def check_memory_budget_mb(memory_budget_mb: Any) -> float:
     ValueError
         If it is NaN, infinite, zero or negative.
     """
-    if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, numbers.Real):
-        raise TypeError(f"memory_budget_mb must be a positive number of MiB, got {type(memory_budget_mb).__name__} "
-                        f"{memory_budget_mb!r}")
-    value = float(memory_budget_mb)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"memory_budget_mb must be a positive, finite number of MiB, got {memory_budget_mb!r}")
-    return value
+    return check_positive_finite(
+        memory_budget_mb,
+        not_a_number="memory_budget_mb must be a positive number of MiB, got {type} {value!r}",
+        not_positive="memory_budget_mb must be a positive, finite number of MiB, got {value!r}")
+
+
+def check_positive_finite(value: Any, *, not_a_number: str, not_positive: str) -> float:
+    """``value`` as a float, after checking it is a positive, finite real number (``bool`` and strings are not).
+
+    The check shared by the budgets' validators (:func:`check_memory_budget_mb`,
+    :func:`~probattr_monitor.monitor.monitor.check_time_budget`), each with its
+    own messages.
+
+    Parameters
+    ----------
+    value : Any
+        The value to check.
+    not_a_number, not_positive : str
+        The messages of the ``TypeError`` and the ``ValueError``: ``str.format``
+        templates of ``value`` and ``type`` (the name of its type).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    TypeError
+        ``not_a_number``, for a value that is not a real number.
+    ValueError
+        ``not_positive``, for NaN, an infinity, zero or a negative value.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(not_a_number.format(value=value, type=type(value).__name__))
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(not_positive.format(value=value, type=type(value).__name__))
+    return number
 
 
 def check_model(model: Any) -> torch.nn.Module:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from probattr_monitor.distributed import is_rank_zero
 from probattr_monitor.engine.text import encode_prompt
-from probattr_monitor.engine.validation import check_fits_context, context_limit
+from probattr_monitor.engine.validation import check_fits_context, check_positive_finite, context_limit
 from probattr_monitor.monitor.guard import training_state_guard
 from probattr_monitor.monitor.keys import scalar_keys
 from probattr_monitor.monitor.schedule import Schedule
@@ -118,13 +117,10 @@ def check_time_budget(time_budget_s: Any) -> Optional[float]:
     """
     if time_budget_s is None:
         return None
-    if isinstance(time_budget_s, bool) or not isinstance(time_budget_s, numbers.Real):
-        raise TypeError(f"time_budget_s must be None or a number of seconds, got {time_budget_s!r} "
-                        f"({type(time_budget_s).__name__})")
-    value = float(time_budget_s)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"time_budget_s must be None or a positive, finite number of seconds, got {time_budget_s!r}")
-    return value
+    return check_positive_finite(
+        time_budget_s,
+        not_a_number="time_budget_s must be None or a number of seconds, got {value!r} ({type})",
+        not_positive="time_budget_s must be None or a positive, finite number of seconds, got {value!r}")
 
 
 class ProbAttrMonitor:
