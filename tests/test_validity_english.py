@@ -107,3 +107,28 @@ def test_plan_has_one_english_run_per_seed_and_loss_regret_is_a_perplexity_ratio
     assert [s.seed for s in runs] == [0, 1, 2] and all(len(s.score_at) >= 10 for s in runs)
     assert loss_regret([3.0, 1.0, 2.0], [4.0, 4.5, 4.2], True) == pytest.approx(np.exp(0.5))
     assert loss_regret([3.0, 1.0, 2.0], [4.0, 4.5, 4.2], False) == pytest.approx(1.0)
+
+
+def test_english_runs_are_measured_against_held_out_loss():
+    from benchmarks.validity.signals import all_signals
+    from benchmarks.validity.study import HELD_OUT, RunData, measure_run, render_markdown
+
+    signals = all_signals()
+    loss = np.array([6.0, 4.5, 4.2, 4.6])  # held-out loss: best at the third checkpoint
+    val = np.array([6.0, 4.4, 4.3, 4.25])  # validation loss (a smaller sample) picks the fourth
+    rng = np.random.default_rng(0)
+    num = {s.name: rng.random((4, 5)) for s in signals}
+    num["mean_surprisal_prefix"] = np.outer(loss, np.ones(5))
+    den = {s.name: np.ones((4, 5)) for s in signals}
+    run = RunData(name="english.english.s0", language="english", regime="english", seed=0, steps=[1, 2, 3, 4],
+                  truth=loss, val_loss=val, num=num, den=den, truth_kind=HELD_OUT)
+    out = measure_run(run, signals)
+    assert out["truth_kind"] == HELD_OUT and out["best_step"] == 3
+    assert out["val_loss"]["regret"] == pytest.approx(np.exp(4.6 - 4.2))
+    m = out["signals"]["mean_surprisal_prefix"]
+    assert m["spearman"] == pytest.approx(1.0) and m["regret"] == pytest.approx(1.0) and m["picked_step"] == 3
+    summary = {"runs": [{**out, "truth": {}}], "signals": [s.name for s in signals],
+               "aggregate": {s: {"english": {"spearman_median": None, "spearman_min": None, "regret_median": None,
+                                             "regret_max": None, "runs": 1}}
+                             for s in [sig.name for sig in signals] + ["val_loss"]}}
+    assert "| english.english.s0 | 3, 4.200 |" in render_markdown(summary)

@@ -3,8 +3,10 @@
 Each run trains a small GPT-2 from scratch (or fine-tunes one) with Lightning and
 the real :class:`~probattr_monitor.callbacks.ProbAttrCallback` attached, at the
 monitor's default scoring (``ScoringConfig()``: 20-token greedy responses,
-``Budget()``, which is exact on these vocabularies), on a probe set sampled from
-the *general* language. At every scoring a second callback measures what the
+``Budget()``, which is exact on the synthetic languages' 41-42-token
+vocabularies and budgeted on the english regime's 1,000 ids: 32 exact plus 32
+sampled candidates per position), on a probe set sampled from the *general*
+language. At every scoring a second callback measures what the
 monitor cannot see: the checkpoint's true excess loss on a large held-out sample
 of the general language (its cross-entropy minus the language's own, per
 token, paired on the same sample) and its validation loss on held-out data of

@@ -99,7 +99,7 @@ def _values(run: RunData, signal: str) -> np.ndarray:
 
 def measure_run(run: RunData, signals) -> dict[str, Any]:
     out: dict[str, Any] = {"name": run.name, "language": run.language, "regime": run.regime, "seed": run.seed,
-                           "steps": run.steps, "truth": run.truth.tolist(), "truth_kind": run.truth_kind,
+                           "steps": run.steps, "ground_truth": run.truth.tolist(), "truth_kind": run.truth_kind,
                            "val_losses": run.val_loss.tolist(), "signals": {}}
     best = int(np.argmin(run.truth))
     out["best_step"] = run.steps[best]
@@ -206,7 +206,7 @@ def plot_runs(summary: dict[str, Any], directory: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.0))
         for ax, name in zip(axes, names):
             for r in runs:
-                ys = r["truth"] if name == "truth" else r["signals"][name]["values"]
+                ys = r["ground_truth"] if name == "truth" else r["signals"][name]["values"]
                 ax.plot(r["steps"], ys, marker=".", lw=1, label=r["name"])
                 floor = r.get("truth", {}).get(name)
                 if floor is not None and np.isfinite(floor):
@@ -260,8 +260,8 @@ def render_forgetting(summary: dict[str, Any]) -> str:
     lines = ["| run | best (step, excess) | val loss picks | " + " | ".join(f"`{k}` picks" for k in keys) + " |",
              "|---" * (3 + len(keys)) + "|"]
     for r in sorted(runs, key=lambda r: (r["language"], r["seed"])):
-        best = int(np.argmin(r["truth"]))
-        cells = [r["name"], f"{r['steps'][best]}, {r['truth'][best]:.3f}",
+        best = int(np.argmin(r["ground_truth"]))
+        cells = [r["name"], f"{r['steps'][best]}, {r['ground_truth'][best]:.3f}",
                  f"{r['val_loss']['picked_step']}, {r['val_loss']['picked_truth']:.3f}"]
         for k in keys:
             m = r["signals"][k]
@@ -284,9 +284,9 @@ def render_held_out(summary: dict[str, Any]) -> str:
              + " | ".join(f"`{k}`: ρ [95% CI] / regret / picks" for k in keys) + " |",
              "|---" * (3 + len(keys)) + "|"]
     for r in sorted(runs, key=lambda r: (r["language"], r["seed"])):
-        best = int(np.argmin(r["truth"]))
+        best = int(np.argmin(r["ground_truth"]))
         v = r["val_loss"]
-        cells = [r["name"], f"{r['steps'][best]}, {r['truth'][best]:.3f}",
+        cells = [r["name"], f"{r['steps'][best]}, {r['ground_truth'][best]:.3f}",
                  f"{_f(v['spearman'])} / {_f(v['regret'], 3)} / {v['picked_step']}, {v['picked_truth']:.3f}"]
         for k in keys:
             m = r["signals"][k]
