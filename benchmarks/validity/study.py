@@ -218,7 +218,8 @@ def plot_runs(summary: dict[str, Any], directory: Path) -> list[Path]:
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
         axes[0].legend(fontsize=5)
-        fig.suptitle(f"{regime} runs (dotted: the true model)", fontsize=10)
+        held = runs[0].get("truth_kind") == HELD_OUT
+        fig.suptitle(f"{regime} runs" + ("" if held else " (dotted: the true model)"), fontsize=10)
         fig.tight_layout()
         path = directory / f"{regime}.png"
         fig.savefig(path, dpi=110)
