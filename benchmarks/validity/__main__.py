@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.validity.languages import grammar_language, hmm_levels
-from benchmarks.validity.runs import RunSpec, load_record, run_one
+from benchmarks.validity.runs import SEQ_LEN, RunSpec, load_record, run_one
 
 logger = logging.getLogger("benchmarks.validity")
 
@@ -26,6 +26,17 @@ FORGET_AT = (1, 25, 50, 100, 200, 300, 500, 700, 1000, 1500)
 
 #: Languages of the overfitting, forgetting and divergence regimes.
 REGIME_LANGUAGES = ("grammar", "hmm-mid")
+
+#: The english regime: steps, scorings and BPE vocabulary of each seed's run.
+ENGLISH_STEPS = 1000
+ENGLISH_SCORE_AT = (10, 30, 60, 100, 150, 250, 400, 600, 800, 1000)
+ENGLISH_VOCAB = 1000
+
+
+def english_spec(seed: int, steps: int = ENGLISH_STEPS, score_at=ENGLISH_SCORE_AT) -> RunSpec:
+    """One english run: a small GPT-2 from scratch on the English training paragraphs."""
+    return RunSpec("english", "english", seed, steps=steps, score_at=tuple(score_at), vocab_size=ENGLISH_VOCAB,
+                   train_stride=(SEQ_LEN - 1) // 2)
 
 
 def languages():
@@ -46,6 +57,7 @@ def plan(quick: bool, seeds: int) -> list[RunSpec]:
             specs.append(RunSpec(lang, "overfit", seed, steps=2000, score_at=SCORE_AT, train_sequences=64))
             specs.append(RunSpec(lang, "diverge", seed, steps=2000, score_at=SCORE_AT, spike=(800, 880, 30.0)))
             specs.append(RunSpec(lang, "forget", seed, steps=1500, score_at=FORGET_AT, lr=1e-3))
+    specs.extend(english_spec(seed) for seed in range(seeds))
     return specs
 
 
@@ -84,7 +96,7 @@ def main(argv=None) -> int:
                     logger.warning("%s: no scratch model to fine-tune (%s), skipped", spec.name, pretrained)
                     continue
             t0 = time.perf_counter()
-            run_one(spec, langs[spec.language], run_dir, pretrained=pretrained)
+            run_one(spec, langs.get(spec.language), run_dir, pretrained=pretrained)
             logger.info("%s: done in %.0f s", spec.name, time.perf_counter() - t0)
     from benchmarks.validity.study import analyse, write_summary
 

@@ -7,7 +7,10 @@ one signal:
   ranks checkpoints exactly as their distance from the truth);
 * **gate regret**: the true excess loss of the checkpoint the gate selects (min
   or max of the signal, by its direction), divided by the best checkpoint's
-  (``1.0``: the gate picked the best);
+  (``1.0``: the gate picked the best). Where the truth is a held-out loss
+  (the english regime: no true entropy is known, so no excess), it is the
+  ratio of the two checkpoints' held-out perplexities, ``exp(L_picked -
+  L_best)`` (:func:`loss_regret`; again ``1.0`` at the best);
 * **resolution**: over pairs of checkpoints whose excess loss differs by about
   10 %, how many probes a paired comparison needs for the signal's difference to
   be two standard errors from zero.
@@ -63,6 +66,15 @@ def regret(values: Sequence[float], excess: Sequence[float], lower_is_better: bo
     if i is None:
         return float("nan")
     return float(e[i] / e.min())
+
+
+def loss_regret(values: Sequence[float], loss: Sequence[float], lower_is_better: bool) -> float:
+    """Held-out perplexity of the checkpoint the gate selects over the best one's, ``exp(L_i - min L)``."""
+    i = gate_pick(values, lower_is_better)
+    l = np.asarray(loss, float)
+    if i is None:
+        return float("nan")
+    return float(np.exp(l[i] - l.min()))
 
 
 def bootstrap_spearman_ci(per_probe_num: np.ndarray, per_probe_den: np.ndarray, excess: Sequence[float], *,

@@ -15,7 +15,10 @@ import hashlib
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
 
 LICENSE_DIR = Path("/usr/share/common-licenses")
 #: Files of LICENSE_DIR used, in this order (links to the same text are skipped by de-duplication).
@@ -92,3 +95,78 @@ def build_corpus(*, held_out_fraction: float = 0.5, with_stdlib: bool = True,
             seen.add(p)
             (held if held_out_of(p, held_out_fraction) else train).append(p)
     return EnglishCorpus(tuple(train), tuple(held), tuple(path for path, _ in texts))
+
+
+# --- the English regime of the validity study: tokenizer, sequences and probes -------------------------
+
+#: Start token of the study's English tokenizer (id 0, prepended by the product as BOS).
+START = "<s>"
+
+
+def train_tokenizer(paragraphs_: Sequence[str], vocab_size: int):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``paragraphs_`` only, ``<s>`` at id 0.
+
+    Byte-level, so every text (held-out text included) encodes without unknown
+    tokens and decodes back to itself.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[START], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(list(paragraphs_), trainer=trainer)
+    if core.token_to_id(START) != 0:
+        raise RuntimeError("the start token did not get id 0")
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=START, eos_token=START, pad_token=START)
+
+
+def token_stream(tokenizer, paragraphs_: Sequence[str]) -> list[int]:
+    """The ids of ``paragraphs_``, each paragraph followed by the start token (its separator)."""
+    out: list[int] = []
+    for p in paragraphs_:
+        out.extend(tokenizer.encode(p, add_special_tokens=False))
+        out.append(0)
+    return out
+
+
+def windows(ids: Sequence[int], length: int, stride: int) -> torch.Tensor:
+    """``[N, length]`` windows of ``ids`` every ``stride`` tokens, each starting with the start token."""
+    body = length - 1
+    rows = [[0, *ids[s:s + body]] for s in range(0, len(ids) - body + 1, stride)]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def split_held_out(held_out: Sequence[str], *, probe_fraction: float = 0.15,
+                   val_fraction: float = 0.15) -> tuple[list[str], list[str], list[str]]:
+    """Held-out paragraphs as (probe, validation, truth) parts, by a second hash of each paragraph."""
+    probe, val, truth = [], [], []
+    for p in held_out:
+        h = int.from_bytes(hashlib.sha256(b"part:" + p.encode("utf-8")).digest()[:8], "big") / 2**64
+        (probe if h < probe_fraction else val if h < probe_fraction + val_fraction else truth).append(p)
+    return probe, val, truth
+
+
+def probe_prompts(tokenizer, paragraphs_: Sequence[str], num: int, tokens: int, seed: int) -> list[str]:
+    """``num`` prompts of about ``tokens`` tokens cut from ``paragraphs_`` at word starts (seeded).
+
+    A prompt is the text of ``tokens`` consecutive tokens of one paragraph,
+    starting and ending at a word boundary, so it re-encodes to the same ids.
+    """
+    rng = np.random.default_rng(10_000 + seed)
+    order = rng.permutation(len(paragraphs_))
+    out: list[str] = []
+    for i in order:
+        ids = tokenizer.encode(paragraphs_[i], add_special_tokens=False)
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        starts = [j for j, t in enumerate(pieces) if t.startswith("Ġ") and j + tokens < len(ids)
+                  and pieces[j + tokens].startswith("Ġ")]
+        if not starts:
+            continue
+        j = starts[int(rng.integers(len(starts)))]
+        out.append(tokenizer.decode(ids[j:j + tokens]).strip())
+        if len(out) == num:
+            break
+    return out

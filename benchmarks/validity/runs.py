@@ -3,8 +3,10 @@
 Each run trains a small GPT-2 from scratch (or fine-tunes one) with Lightning and
 the real :class:`~probattr_monitor.callbacks.ProbAttrCallback` attached, at the
 monitor's default scoring (``ScoringConfig()``: 20-token greedy responses,
-``Budget()``, which is exact on these vocabularies), on a probe set sampled from
-the *general* language. At every scoring a second callback measures what the
+``Budget()``, which is exact on the synthetic languages' 41-42-token
+vocabularies and budgeted on the english regime's 1,000 ids: 32 exact plus 32
+sampled candidates per position), on a probe set sampled from the *general*
+language. At every scoring a second callback measures what the
 monitor cannot see: the checkpoint's true excess loss on a large held-out sample
 of the general language (its cross-entropy minus the language's own, per
 token, paired on the same sample) and its validation loss on held-out data of
@@ -21,7 +23,13 @@ Regimes (:data:`REGIMES`):
     sub-language (validation loss on that data keeps falling while the general
     language is forgotten);
 ``diverge``
-    a ``scratch`` run whose learning rate spikes for a while mid-run.
+    a ``scratch`` run whose learning rate spikes for a while mid-run;
+``english``
+    real English text (:mod:`benchmarks.validity.english`) from scratch, with a
+    byte-level BPE tokenizer trained on the training paragraphs only and probes
+    cut from held-out paragraphs. No true distribution is known, so the ground
+    truth is the cross-entropy per token on a large held-out sample (disjoint
+    from the probes' and the validation paragraphs); ``excess_loss`` is NaN.
 
 A run writes ``record.json`` (its checkpoints' ground truth) and, through the
 callback's file sink, one report per scoring; a finished run is not re-run.
@@ -34,11 +42,12 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from benchmarks.validity import english
 from benchmarks.validity.languages import Language, narrow_language
 from benchmarks.validity.truth import word_tokenizer
 from probattr_monitor.io_utils import atomic_write_text
@@ -47,7 +56,7 @@ from probattr_monitor.probes import ProbeSet
 
 logger = logging.getLogger(__name__)
 
-REGIMES = ("scratch", "overfit", "forget", "diverge")
+REGIMES = ("scratch", "overfit", "forget", "diverge", "english")
 
 #: Length of training, validation and held-out sequences (BOS included).
 SEQ_LEN = 48
@@ -70,10 +79,25 @@ class RunSpec:
     spike: tuple = ()  # (first step, last step, factor) of a learning-rate spike
     width: int = 64
     layers: int = 2
+    vocab_size: int = 0  # english: the BPE vocabulary (0 for the synthetic languages' own)
+    train_stride: int = 0  # english: tokens between training windows (0: SEQ_LEN - 1, no overlap)
 
     @property
     def name(self) -> str:
         return f"{self.language}.{self.regime}.s{self.seed}"
+
+
+@dataclass
+class TrainingData:
+    """What a run trains and is measured on (token id tensors ``[N, SEQ_LEN]`` starting with id 0)."""
+
+    tokenizer: Any
+    vocab_size: int
+    train: torch.Tensor
+    val: torch.Tensor  # held-out data of the training distribution
+    held_out: torch.Tensor  # the ground truth's sample
+    true_seq_nll: Optional[torch.Tensor]  # per held-out sequence; None where no true distribution is known
+    probes: ProbeSet
 
 
 @dataclass
@@ -83,9 +107,10 @@ class Checkpoint:
     step: int
     excess_loss: float  # nats/token on the general held-out sample
     excess_loss_se: float
-    model_nll: float
+    model_nll: float  # the ground truth of the english regime (its cross-entropy on the held-out sample)
     val_loss: float  # on held-out data of the training distribution
     train_loss: float
+    model_nll_se: float = float("nan")
 
 
 @dataclass
@@ -117,6 +142,42 @@ def probe_set_for(language: Language, num_probes: int, prompt_tokens: int, seed:
     return ProbeSet.from_records(records, name=f"{language.name}-probes-s{seed}")
 
 
+def synthetic_data(spec: RunSpec, language: Language) -> TrainingData:
+    """Samples of ``language`` (of its narrow sub-language for ``forget``) and its probes."""
+    train_lang = narrow_language(language) if spec.regime == "forget" else language
+    held_out = torch.as_tensor(language.sample(1000, SEQ_LEN, seed=900_000 + spec.seed))
+    n_train = spec.train_sequences or spec.steps * spec.batch_size
+    return TrainingData(
+        tokenizer=word_tokenizer(language), vocab_size=language.vocab_size,
+        train=torch.as_tensor(train_lang.sample(n_train, SEQ_LEN, seed=100 + spec.seed)),
+        val=torch.as_tensor(train_lang.sample(400, SEQ_LEN, seed=200_000 + spec.seed)),
+        held_out=held_out, true_seq_nll=language.sequence_nll(held_out).mean(dim=1),
+        probes=probe_set_for(language, spec.num_probes, spec.prompt_tokens, spec.seed))
+
+
+def english_data(spec: RunSpec, corpus: Optional["english.EnglishCorpus"] = None) -> TrainingData:
+    """The English regime's data: tokenizer from the training paragraphs, everything else held out.
+
+    The held-out paragraphs are split by a second hash into the probes' part
+    (``spec.num_probes`` prompts of about ``spec.prompt_tokens`` tokens, seeded),
+    the validation part and the truth part (the large held-out sample); the
+    training windows overlap by ``SEQ_LEN - 1 - spec.train_stride`` tokens.
+    """
+    corpus = corpus if corpus is not None else english.build_corpus()
+    tokenizer = english.train_tokenizer(corpus.train, spec.vocab_size or 1000)
+    probe_part, val_part, truth_part = english.split_held_out(corpus.held_out)
+    body = SEQ_LEN - 1
+    prompts = english.probe_prompts(tokenizer, probe_part, spec.num_probes, spec.prompt_tokens, spec.seed)
+    probes = ProbeSet.from_records([{"id": f"english-{i:02d}", "prompt": p} for i, p in enumerate(prompts)],
+                                   name=f"english-probes-s{spec.seed}")
+    return TrainingData(
+        tokenizer=tokenizer, vocab_size=len(tokenizer),
+        train=english.windows(english.token_stream(tokenizer, corpus.train), SEQ_LEN, spec.train_stride or body),
+        val=english.windows(english.token_stream(tokenizer, val_part), SEQ_LEN, body),
+        held_out=english.windows(english.token_stream(tokenizer, truth_part), SEQ_LEN, body),
+        true_seq_nll=None, probes=probes)
+
+
 def _tiny_gpt2(vocab: int, spec: RunSpec):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -141,8 +202,12 @@ def mean_nll(model: torch.nn.Module, ids: torch.Tensor, batch: int = 250) -> tor
     return torch.cat(out)
 
 
-def run_one(spec: RunSpec, language: Language, out_dir: Path, *, pretrained: Optional[Path] = None) -> RunRecord:
-    """Train one run with the callback attached; return (and write) its record."""
+def run_one(spec: RunSpec, language: Optional[Language], out_dir: Path, *,
+            pretrained: Optional[Path] = None) -> RunRecord:
+    """Train one run with the callback attached; return (and write) its record.
+
+    ``language`` is the synthetic language of the run (None for ``english``).
+    """
     import time
 
     import lightning.pytorch as pl
@@ -152,15 +217,10 @@ def run_one(spec: RunSpec, language: Language, out_dir: Path, *, pretrained: Opt
 
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    tokenizer = word_tokenizer(language)
-    train_lang = narrow_language(language) if spec.regime == "forget" else language
-    held_out = torch.as_tensor(language.sample(1000, SEQ_LEN, seed=900_000 + spec.seed))
-    true_seq_nll = language.sequence_nll(held_out).mean(dim=1)
-    n_train = spec.train_sequences or spec.steps * spec.batch_size
-    train = torch.as_tensor(train_lang.sample(n_train, SEQ_LEN, seed=100 + spec.seed))
-    val = torch.as_tensor(train_lang.sample(400, SEQ_LEN, seed=200_000 + spec.seed))
+    data = english_data(spec) if spec.regime == "english" else synthetic_data(spec, language)
+    held_out, true_seq_nll, train, val = data.held_out, data.true_seq_nll, data.train, data.val
 
-    model = _tiny_gpt2(language.vocab_size, spec)
+    model = _tiny_gpt2(data.vocab_size, spec)
     if pretrained is not None:
         model.load_state_dict(torch.load(pretrained, weights_only=True))
 
@@ -184,7 +244,8 @@ def run_one(spec: RunSpec, language: Language, out_dir: Path, *, pretrained: Opt
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: factor if first <= s <= last else 1.0)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    record = RunRecord(spec=asdict(spec), true_nll=float(true_seq_nll.mean()))
+    record = RunRecord(spec=asdict(spec),
+                       true_nll=float("nan") if true_seq_nll is None else float(true_seq_nll.mean()))
 
     class Truth(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -192,14 +253,13 @@ def run_one(spec: RunSpec, language: Language, out_dir: Path, *, pretrained: Opt
             if step not in spec.score_at:
                 return
             nll = mean_nll(pl_module.model, held_out)
-            diff = (nll - true_seq_nll).numpy()
+            diff = (nll - true_seq_nll).numpy() if true_seq_nll is not None else np.full(len(nll), np.nan)
             record.checkpoints.append(asdict(Checkpoint(
-                step=int(step), excess_loss=float(diff.mean()), excess_loss_se=float(diff.std(ddof=1) / math.sqrt(len(diff))),
+                step=int(step), excess_loss=float(diff.mean()), excess_loss_se=_se(diff),
                 model_nll=float(nll.mean()), val_loss=float(mean_nll(pl_module.model, val).mean()),
-                train_loss=pl_module.last_loss)))
+                train_loss=pl_module.last_loss, model_nll_se=_se(nll.numpy()))))
 
-    probes = probe_set_for(language, spec.num_probes, spec.prompt_tokens, spec.seed)
-    monitor = ProbAttrMonitor(probes, tokenizer=tokenizer, schedule=StepListSchedule(spec.score_at))
+    monitor = ProbAttrMonitor(data.probes, tokenizer=data.tokenizer, schedule=StepListSchedule(spec.score_at))
     callback = ProbAttrCallback(monitor, wandb=False, log_dir=out_dir / "reports", log_plots=False,
                                 file_formats=("json",))
     generator = torch.Generator().manual_seed(spec.seed)
@@ -214,6 +274,10 @@ def run_one(spec: RunSpec, language: Language, out_dir: Path, *, pretrained: Opt
     record.seconds = time.perf_counter() - started
     atomic_write_text(out_dir / "record.json", json.dumps(asdict(record), indent=1))
     return record
+
+
+def _se(x: np.ndarray) -> float:
+    return float(np.std(x, ddof=1) / math.sqrt(len(x)))
 
 
 def load_record(out_dir: Path) -> Optional[RunRecord]:

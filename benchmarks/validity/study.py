@@ -1,4 +1,10 @@
-"""Measure every candidate signal on the recorded runs and write the study's tables and figures."""
+"""Measure every candidate signal on the recorded runs and write the study's tables and figures.
+
+A run's ground truth (``truth``) is its checkpoints' true excess loss, or, for
+the ``english`` regime where no true distribution is known, their cross-entropy
+per token on the large held-out sample (``truth_kind`` says which; regret is
+then a held-out perplexity ratio, :func:`~benchmarks.validity.analysis.loss_regret`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import numpy as np
 from benchmarks.validity.analysis import (
     bootstrap_spearman_ci,
     gate_pick,
+    loss_regret,
     probes_needed,
     regret,
     spearman,
@@ -33,10 +40,22 @@ class RunData:
     regime: str
     seed: int
     steps: list
-    excess: np.ndarray
+    truth: np.ndarray  # excess loss, or held-out loss where truth_kind is HELD_OUT
     val_loss: np.ndarray
     num: dict  # signal -> [checkpoints, probes]
     den: dict
+    truth_kind: str = "excess_loss"
+
+    def regret(self, values, lower_is_better: bool) -> float:
+        fn = loss_regret if self.truth_kind == HELD_OUT else regret
+        return fn(values, self.truth, lower_is_better)
+
+
+#: ``truth_kind`` of the runs whose truth is held-out loss (no true distribution known).
+HELD_OUT = "held_out_loss"
+
+#: Regimes whose truth is held-out loss.
+HELD_OUT_REGIMES = ("english",)
 
 
 def load_run(run_dir: Path, signals) -> RunData | None:
@@ -61,11 +80,14 @@ def load_run(run_dir: Path, signals) -> RunData | None:
             _, n, d = s.per_probe(table)
             num[s.name].append(n)
             den[s.name].append(d)
+    kind = HELD_OUT if spec["regime"] in HELD_OUT_REGIMES else "excess_loss"
+    field = "model_nll" if kind == HELD_OUT else "excess_loss"
     return RunData(
         name=run_dir.name, language=spec["language"], regime=spec["regime"], seed=spec["seed"],
-        steps=[c["step"] for c in kept], excess=np.array([c["excess_loss"] for c in kept]),
+        steps=[c["step"] for c in kept], truth=np.array([c[field] for c in kept]),
         val_loss=np.array([c["val_loss"] for c in kept]),
         num={k: np.array(v) for k, v in num.items()}, den={k: np.array(v) for k, v in den.items()},
+        truth_kind=kind,
     )
 
 
@@ -77,28 +99,28 @@ def _values(run: RunData, signal: str) -> np.ndarray:
 
 def measure_run(run: RunData, signals) -> dict[str, Any]:
     out: dict[str, Any] = {"name": run.name, "language": run.language, "regime": run.regime, "seed": run.seed,
-                           "steps": run.steps, "excess": run.excess.tolist(), "val_losses": run.val_loss.tolist(),
-                           "signals": {}}
-    best = int(np.argmin(run.excess))
+                           "steps": run.steps, "ground_truth": run.truth.tolist(), "truth_kind": run.truth_kind,
+                           "val_losses": run.val_loss.tolist(), "signals": {}}
+    best = int(np.argmin(run.truth))
     out["best_step"] = run.steps[best]
     vi = gate_pick(run.val_loss, True)
     out["val_loss"] = {  # the baseline a user already has
-                       "spearman": spearman(run.val_loss, run.excess),
-                       "regret": regret(run.val_loss, run.excess, True), "picked_step": run.steps[vi],
-                       "picked_excess": float(run.excess[vi])}
+                       "spearman": spearman(run.val_loss, run.truth),
+                       "regret": run.regret(run.val_loss, True), "picked_step": run.steps[vi],
+                       "picked_truth": float(run.truth[vi])}
     for s in signals:
         vals = _values(run, s.name)
         low = lower_is_better(s.name)
         pick = gate_pick(vals, low)
-        lo, hi = bootstrap_spearman_ci(run.num[s.name], run.den[s.name], run.excess)
+        lo, hi = bootstrap_spearman_ci(run.num[s.name], run.den[s.name], run.truth)
         out["signals"][s.name] = {
             "values": vals.tolist(),
-            "spearman": spearman(vals, run.excess),
+            "spearman": spearman(vals, run.truth),
             "spearman_ci": [lo, hi],
-            "regret": regret(vals, run.excess, low),
+            "regret": run.regret(vals, low),
             "picked_step": None if pick is None else run.steps[pick],
-            "picked_excess": None if pick is None else float(run.excess[pick]),
-            "probes_needed_10pct": probes_needed(run.num[s.name], run.den[s.name], run.excess),
+            "picked_truth": None if pick is None else float(run.truth[pick]),
+            "probes_needed_10pct": probes_needed(run.num[s.name], run.den[s.name], run.truth),
         }
     return out
 
@@ -133,7 +155,7 @@ def analyse(out: Path, langs) -> dict[str, Any]:
             continue
         measured = measure_run(data, signals)
         key = f"{data.language}.s{data.seed}"
-        if langs is not None and key not in floors:
+        if langs is not None and data.language in langs and key not in floors:
             floors[key] = truth_floor(out, langs[data.language], data.seed, load_record(run_dir).spec, signals)
         measured["truth"] = floors.get(key, {})
         runs.append(measured)
@@ -180,21 +202,24 @@ def plot_runs(summary: dict[str, Any], directory: Path) -> list[Path]:
     written = []
     for regime in sorted({r["regime"] for r in summary["runs"]}):
         runs = [r for r in summary["runs"] if r["regime"] == regime]
-        names = ["excess"] + [s for s in PLOTTED if s in summary["signals"]]
+        names = ["truth"] + [s for s in PLOTTED if s in summary["signals"]]
         fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.0))
         for ax, name in zip(axes, names):
             for r in runs:
-                ys = r["excess"] if name == "excess" else r["signals"][name]["values"]
+                ys = r["ground_truth"] if name == "truth" else r["signals"][name]["values"]
                 ax.plot(r["steps"], ys, marker=".", lw=1, label=r["name"])
                 floor = r.get("truth", {}).get(name)
                 if floor is not None and np.isfinite(floor):
                     ax.axhline(floor, lw=0.6, ls=":", color=ax.lines[-1].get_color())
             ax.set_xscale("log")
-            ax.set_title("true excess loss" if name == "excess" else name, fontsize=9)
+            held = runs[0].get("truth_kind") == HELD_OUT
+            title = ("held-out loss" if held else "true excess loss") if name == "truth" else name
+            ax.set_title(title, fontsize=9)
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
         axes[0].legend(fontsize=5)
-        fig.suptitle(f"{regime} runs (dotted: the true model)", fontsize=10)
+        held = runs[0].get("truth_kind") == HELD_OUT
+        fig.suptitle(f"{regime} runs" + ("" if held else " (dotted: the true model)"), fontsize=10)
         fig.tight_layout()
         path = directory / f"{regime}.png"
         fig.savefig(path, dpi=110)
@@ -236,12 +261,39 @@ def render_forgetting(summary: dict[str, Any]) -> str:
     lines = ["| run | best (step, excess) | val loss picks | " + " | ".join(f"`{k}` picks" for k in keys) + " |",
              "|---" * (3 + len(keys)) + "|"]
     for r in sorted(runs, key=lambda r: (r["language"], r["seed"])):
-        best = int(np.argmin(r["excess"]))
-        cells = [r["name"], f"{r['steps'][best]}, {r['excess'][best]:.3f}",
-                 f"{r['val_loss']['picked_step']}, {r['val_loss']['picked_excess']:.3f}"]
+        best = int(np.argmin(r["ground_truth"]))
+        cells = [r["name"], f"{r['steps'][best]}, {r['ground_truth'][best]:.3f}",
+                 f"{r['val_loss']['picked_step']}, {r['val_loss']['picked_truth']:.3f}"]
         for k in keys:
             m = r["signals"][k]
-            cells.append("—" if m["picked_step"] is None else f"{m['picked_step']}, {m['picked_excess']:.3f}")
+            cells.append("—" if m["picked_step"] is None else f"{m['picked_step']}, {m['picked_truth']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+#: Gates of the held-out-loss table (the default gate, the paper's rule).
+HELD_OUT_GATES = ("mean_surprisal_prefix", "noise_rate", "mean_entropy_full", "mean_surprisal_prompt")
+
+
+def render_held_out(summary: dict[str, Any]) -> str:
+    """Runs whose truth is held-out loss: Spearman with it, regret and the pick of each gate, per run."""
+    runs = [r for r in summary["runs"] if r.get("truth_kind") == HELD_OUT]
+    if not runs:
+        return ""
+    keys = [k for k in HELD_OUT_GATES if k in summary["signals"]]
+    lines = ["| run | best (step, held-out loss) | val loss: ρ / regret / picks | "
+             + " | ".join(f"`{k}`: ρ [95% CI] / regret / picks" for k in keys) + " |",
+             "|---" * (3 + len(keys)) + "|"]
+    for r in sorted(runs, key=lambda r: (r["language"], r["seed"])):
+        best = int(np.argmin(r["ground_truth"]))
+        v = r["val_loss"]
+        cells = [r["name"], f"{r['steps'][best]}, {r['ground_truth'][best]:.3f}",
+                 f"{_f(v['spearman'])} / {_f(v['regret'], 3)} / {v['picked_step']}, {v['picked_truth']:.3f}"]
+        for k in keys:
+            m = r["signals"][k]
+            lo, hi = m["spearman_ci"]
+            pick = "—" if m["picked_step"] is None else f"{m['picked_step']}, {m['picked_truth']:.3f}"
+            cells.append(f"{_f(m['spearman'])} [{_f(lo)}, {_f(hi)}] / {_f(m['regret'], 3)} / {pick}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -262,8 +314,14 @@ def render_resolution(summary: dict[str, Any]) -> str:
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
+    held = render_held_out(summary)
+    note = ("\n(`english`: Spearman with the held-out loss, regret = held-out perplexity of the pick over the "
+            "best's, exp(L_pick - L_best).)\n" if held else "")
     return ("## Spearman with the true excess loss and gate regret, per regime\n\n" + render_aggregate(summary)
+            + note
             + "\n## Per run\n\n" + render_per_run(summary)
+            + ("\n## Real English: held-out loss as truth (regret: perplexity ratio; picks: step, held-out "
+               "loss)\n\n" + held if held else "")
             + "\n## Forgetting: general excess loss of the checkpoint each gate picks\n\n"
             + render_forgetting(summary)
             + "\n## Probes needed to resolve a 10 % difference in excess loss (median over pairs)\n\n"
