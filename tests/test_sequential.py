@@ -23,6 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB = 150
 CHEAP = Budget(max_candidates=4, tail_samples=4, screen=0, refine=0)
+NEAR = Budget(max_candidates=100, tail_samples=40, screen=0, refine=0)  # 140 of 150 ids: budgeted, nearly exact
 EXACT = Budget(max_candidates=VOCAB)  # covers the vocabulary: exact
 
 
@@ -88,21 +89,33 @@ def test_escalated_positions_get_the_last_stage_result(case):
     assert res.info["token_forwards"] < last.info["token_forwards"]
 
 
-def test_ladder_ending_exact_reads_like_exact(case):
-    """Escalated positions are exact; the decided ones carry exact's class and flag."""
+def test_ladder_reads_like_exact_where_it_stops(case):
+    """Escalated positions get the last stage's result; the decided ones mostly carry exact's class and flag."""
     model, prompt, response = case
-    res = attribute_sequential(model, prompt, response, SequentialBudget(stages=(CHEAP, EXACT), z=3.0), _rule())
+    res = attribute_sequential(model, prompt, response, SequentialBudget(stages=(CHEAP, NEAR), z=3.0), _rule())
+    near = attribute(model, prompt, response, candidates=NEAR)
     exact = attribute(model, prompt, response, candidates="all")
-    np.testing.assert_allclose(res.attribution[res.info["stage"] == 1], exact.attribution[res.info["stage"] == 1],
-                               atol=1e-9)
+    up = res.info["stage"] == 1
+    assert up.any()
+    np.testing.assert_allclose(res.attribution[up], near.attribution[up], atol=1e-9)
     assert (classify(res.attribution) == classify(exact.attribution)).mean() >= 0.9
     assert (noise_flags(res.attribution, res.entropy_full) == noise_flags(exact.attribution,
                                                                           exact.entropy_full)).mean() >= 0.9
 
 
-def test_z_zero_stops_after_the_first_stage_and_infinite_budget_matches_it(case):
+def test_a_stage_covering_the_vocabulary_is_the_whole_ladder(case):
+    """On a small vocabulary the ladder is its first exact stage: the result equals exact scoring."""
     model, prompt, response = case
-    res = attribute_sequential(model, prompt, response, SequentialBudget(stages=(CHEAP, EXACT), z=0.0), _rule())
+    res = attribute_sequential(model, prompt, response, SequentialBudget(stages=(CHEAP, EXACT, NEAR)), _rule())
+    exact = attribute(model, prompt, response, candidates="all")
+    assert res.info["positions_per_stage"] == [0, len(res), 0] and (res.info["stage"] == 1).all()
+    for name in SCORE_FIELDS:
+        np.testing.assert_allclose(getattr(res, name), getattr(exact, name), atol=1e-9)
+
+
+def test_z_zero_stops_after_the_first_stage(case):
+    model, prompt, response = case
+    res = attribute_sequential(model, prompt, response, SequentialBudget(stages=(CHEAP, NEAR), z=0.0), _rule())
     finite = np.isfinite(attribute(model, prompt, response, candidates=CHEAP).stderr["attribution"])
     assert (res.info["stage"][finite] == 0).all()
 
@@ -128,15 +141,20 @@ def test_scoring_config_runs_the_ladder_and_records_it(tmp_path):
 
     tok = word_tokenizer()
     probes = load_probe_set(write_probes(tmp_path / "probes.jsonl", PROBES))
-    spec = SequentialBudget(stages=(CHEAP, Budget(max_candidates=len(tok))), z=2.0)
-    seq = score_probe_set(one_layer_gpt2(len(tok), seed=0), tok, probes,
-                          ScoringConfig(candidates=spec, max_new_tokens=3, n_boot=50), step=1)
-    exact = score_probe_set(one_layer_gpt2(len(tok), seed=0), tok, probes,
-                            ScoringConfig(candidates="all", max_new_tokens=3, n_boot=50), step=1)
+    model = one_layer_gpt2(len(tok), seed=0)
+    near = Budget(max_candidates=len(tok) // 2, tail_samples=len(tok) // 4, screen=0, refine=0)
+    seq = score_probe_set(model, tok, probes, ScoringConfig(candidates=SequentialBudget(stages=(CHEAP, near)),
+                                                            max_new_tokens=3, n_boot=50), step=1)
+    exact = score_probe_set(model, tok, probes, ScoringConfig(candidates="all", max_new_tokens=3, n_boot=50), step=1)
     assert len(seq.table) == len(exact.table)  # every position has a row
     assert seq.meta["scoring"]["candidates"]["sequential"]["z"] == 2.0
     assert "attribution_se" in seq.table.columns
     assert seq.metrics.noise_rate.value == pytest.approx(exact.metrics.noise_rate.value, abs=0.1)
+    # the monitor's default ladder on a tiny vocabulary is its exact last stage: exact scoring
+    default = score_probe_set(model, tok, probes, ScoringConfig(candidates=SequentialBudget(), max_new_tokens=3,
+                                                                n_boot=50), step=1)
+    assert default.metrics.noise_rate.value == exact.metrics.noise_rate.value
+    np.testing.assert_allclose(default.table["attribution"], exact.table["attribution"], atol=1e-9)
 
 
 def test_template_tokens_are_never_escalated(case):

@@ -25,7 +25,7 @@ from probattr_monitor.engine.budget import Budget
 from probattr_monitor.engine.budgeted import attribute_budgeted
 from probattr_monitor.engine.result import AttributionResult
 from probattr_monitor.engine.runner import DEFAULT_MEMORY_BUDGET_MB
-from probattr_monitor.engine.validation import validate_request
+from probattr_monitor.engine.validation import declared_vocab_size, validate_request
 
 #: The first stage of the default ladder: six exact candidates (the original
 #: token and the prior's top ones) and six sampled from the prior, no screen.
@@ -119,11 +119,12 @@ def attribute_sequential(
     prompt, response, pos, bs = validate_request(model, prompt_ids, response_ids, positions, batch_size,
                                                  memory_budget_mb)
     kwargs = {"memory_budget_mb": memory_budget_mb, "use_cache": use_cache}
-    result = attribute_budgeted(model, prompt, response, spec.stages[0], pos, bs, **kwargs)
-    stage = np.zeros(len(pos), dtype=np.int64)
-    counts = [len(pos)]
+    start = first_exact_stage(spec.stages, declared_vocab_size(model))
+    result = attribute_budgeted(model, prompt, response, spec.stages[start], pos, bs, **kwargs)
+    stage = np.full(len(pos), start, dtype=np.int64)
+    counts = [0] * start + [len(pos)]
     totals = {name: result.info.get(name, 0) for name in _SUMMED}
-    for index, budget in enumerate(spec.stages[1:], start=1):
+    for index, budget in enumerate(spec.stages[start + 1:], start=start + 1):
         todo = np.asarray(undecided(result, spec.z), dtype=bool)
         if todo.shape != (len(pos),):
             raise ValueError(f"undecided returned shape {todo.shape}, expected ({len(pos)},)")
@@ -139,6 +140,21 @@ def attribute_sequential(
     info = {**result.info, **totals, "method": "sequential", "budget": spec.to_info(),
             "stage": stage, "positions_per_stage": counts}
     return dataclasses.replace(result, info=info)
+
+
+def first_exact_stage(stages: Sequence[Budget], vocab_size: Optional[int]) -> int:
+    """Index of the stage to start from: the first one that scores its whole universe, else 0.
+
+    A stage whose ``max_candidates + tail_samples`` covers its universe is
+    exact (no screen, no sampling), so nothing before it is needed and nothing
+    after it can improve on it: on small vocabularies the ladder is that one
+    exact stage. ``vocab_size`` ``None`` (unknown) starts from stage 0.
+    """
+    for index, budget in enumerate(stages):
+        size = len(budget.universe) + 1 if budget.universe is not None else vocab_size
+        if size is not None and budget.max_candidates + budget.tail_samples >= size:
+            return index
+    return 0
 
 
 def replace_positions(base: AttributionResult, sub: AttributionResult, mask: np.ndarray) -> AttributionResult:
