@@ -3,7 +3,9 @@
 Scores the first ``--probes`` probes of a probe set with SmolLM2-135M-Instruct
 exactly as :class:`~probattr_monitor.monitor.ProbAttrMonitor` does with its
 default :class:`~probattr_monitor.scoring.ScoringConfig` (budgeted estimator,
-``Budget()``; greedy 20-token responses), and reports per probe:
+``Budget()``; greedy 20-token responses) and, beside it in the same process
+(unless ``--no-baseline``), with the opt-in sequential ladder
+(``ScoringConfig(candidates=SequentialBudget())``), and reports per probe:
 
 * token-forwards of the budgeted scoring (``info["token_forwards"]``) and what
   exact scoring over the whole vocabulary would have cost
@@ -50,7 +52,8 @@ import torch
 from probattr_monitor.io_utils import atomic_write_text
 from probattr_monitor.models import load_model_and_tokenizer
 from probattr_monitor.probes import load_probe_set, render
-from probattr_monitor.scoring import ScoringConfig, score_probe
+from probattr_monitor.engine.sequential import SequentialBudget
+from probattr_monitor.scoring import ScoringConfig, build_report, score_probe
 
 
 def main(argv=None) -> None:
@@ -59,6 +62,8 @@ def main(argv=None) -> None:
     parser.add_argument("--probes", type=int, default=4, help="how many of its probes to score")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="score the default only, not the sequential ladder beside it")
     parser.add_argument("--replay-report", default=None, help="report directory scored with today's default")
     parser.add_argument("--share", type=float, default=0.1, help="share of positions sampled in the replay")
     parser.add_argument("--seeds", type=int, default=1000, help="seeds of the replay")
@@ -77,33 +82,63 @@ def main(argv=None) -> None:
         return
 
     model, tok = load_model_and_tokenizer("smollm2")
-    config = ScoringConfig()  # the monitor's default
     probes = load_probe_set(args.set)
-    rows = []
-    for probe in list(probes)[: args.probes]:
+    configs = {"Budget() (default)": ScoringConfig()}  # the monitor's default
+    if not args.no_baseline:
+        configs["sequential (opt-in)"] = ScoringConfig(candidates=SequentialBudget())
+    summary = {"model": "SmolLM2-135M-Instruct", "probe_set": args.set, "probes_in_set": len(probes),
+               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+               "scorings": {}}
+    for name, config in configs.items():
+        summary["scorings"][name] = cost_of(model, tok, probes, config, args.probes, name)
+    print()
+    print(f"{summary['model']}, {summary['machine']}, {summary['threads']} threads, first {args.probes} "
+          f"'{args.set}' probes, extrapolated to the {len(probes)} of the set")
+    print(f"{'scoring':<20} {'tf/probe':>9} {'s/probe':>8} {'tf/s':>6} {'set tf':>8} {'set min':>8} "
+          f"{'noise rate':>10}")
+    for name, r in summary["scorings"].items():
+        print(f"{name:<20} {r['token_forwards_per_probe_mean']:>9.0f} {r['seconds_per_probe_mean']:>8.1f} "
+              f"{r['token_forwards_per_second']:>6.0f} {r['set_token_forwards_estimate'] / 1e6:>7.2f}M "
+              f"{r['set_seconds_estimate'] / 60:>8.1f} {r['noise_rate']:>10.4f}")
+    if len(summary["scorings"]) == 2:
+        before, after = summary["scorings"].values()
+        summary["token_forwards_ratio"] = before["set_token_forwards_estimate"] / after["set_token_forwards_estimate"]
+        summary["seconds_ratio"] = before["set_seconds_estimate"] / after["set_seconds_estimate"]
+        print(f"sequential against the default: {summary['token_forwards_ratio']:.1f}x fewer token-forwards, "
+              f"{summary['seconds_ratio']:.1f}x less time (same process, same probes)")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(summary, indent=2))
+
+
+def cost_of(model, tok, probes, config: ScoringConfig, n_probes: int, name: str) -> dict:
+    """Score the first ``n_probes`` probes with ``config``; per-probe costs and the set's extrapolation."""
+    rows, scores = [], []
+    for probe in list(probes)[:n_probes]:
         started = time.perf_counter()
         scored = score_probe(model, tok, probe, config)
         seconds = time.perf_counter() - started
+        scores.append(scored)
         info = scored.result.info
         rows.append({
             "probe": probe.id, "prompt_tokens": len(scored.result.prompt_ids),
             "response_tokens": len(scored.result.response_ids), "positions": len(scored.result.positions),
             "token_forwards": int(info["token_forwards"]), "exact_token_forwards": int(info["exact_token_forwards"]),
             "screen_token_forwards": int(info["screen_token_forwards"]), "seconds": seconds,
+            "positions_per_stage": info.get("positions_per_stage"),
         })
         r = rows[-1]
-        print(f"{probe.id}: n={r['prompt_tokens']} m={r['response_tokens']} {r['token_forwards']} token-forwards "
-              f"(exact {r['exact_token_forwards']}, {r['exact_token_forwards'] / r['token_forwards']:.0f}x), "
-              f"{seconds:.1f} s", flush=True)
-
+        print(f"{name}: {probe.id}: n={r['prompt_tokens']} m={r['response_tokens']} {r['token_forwards']} "
+              f"token-forwards, {seconds:.1f} s" + (f", positions per stage {r['positions_per_stage']}"
+                                                  if r["positions_per_stage"] else ""), flush=True)
+    report = build_report(scores, tok, config)
     tf = np.array([r["token_forwards"] for r in rows], dtype=float)
     secs = np.array([r["seconds"] for r in rows])
     ex = np.array([r["exact_token_forwards"] for r in rows], dtype=float)
-    # Extrapolate to the whole set with the cost model of Budget: per position a
-    # roughly constant screen plus a part proportional to its suffix length T_k
-    # (exact ids, tail samples, the refine stage's depth). Both coefficients are
-    # fitted (least squares) on the scored probes; the set's prompt lengths come
-    # from rendering its probes, responses are taken at the scored mean length.
+    # Extrapolate to the whole set: per position a roughly constant part (the
+    # screen) plus a part proportional to its suffix length T_k (exact ids, tail
+    # samples, the refine stage's depth); both coefficients are fitted (least
+    # squares) on the scored probes; the set's prompt lengths come from
+    # rendering its probes, responses are taken at the scored mean length.
     m = float(np.mean([r["response_tokens"] for r in rows]))
 
     def features(n: int) -> tuple[float, float]:
@@ -114,26 +149,13 @@ def main(argv=None) -> None:
     set_design = np.array([features(len(render(p, tok).ids)) for p in probes])
     set_tf = float((set_design @ coef).sum())
     rate = float(tf.sum() / secs.sum())
-    summary = {
-        "model": "SmolLM2-135M-Instruct", "probe_set": args.set, "probes_scored": len(rows),
-        "probes_in_set": len(probes), "budget": config.to_dict()["candidates"],
-        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+    return {
+        "candidates": config.to_dict()["candidates"], "probes_scored": len(rows),
         "token_forwards_per_probe_mean": float(tf.mean()), "seconds_per_probe_mean": float(secs.mean()),
-        "token_forwards_per_second": rate,
-        "exact_over_budgeted": float(ex.sum() / tf.sum()),
+        "token_forwards_per_second": rate, "exact_over_budgeted": float(ex.sum() / tf.sum()),
         "set_token_forwards_estimate": set_tf, "set_seconds_estimate": set_tf / rate,
-        "rows": rows,
+        "noise_rate": float(report.metrics.noise_rate.value), "rows": rows,
     }
-    print()
-    print(f"{summary['model']}, {summary['machine']}, {summary['threads']} threads, default Budget "
-          f"{summary['budget']}")
-    print(f"per probe: {summary['token_forwards_per_probe_mean']:.0f} token-forwards, "
-          f"{summary['seconds_per_probe_mean']:.1f} s ({summary['token_forwards_per_second']:.0f} token-forwards/s); "
-          f"exact over the vocabulary would cost {summary['exact_over_budgeted']:.0f}x more")
-    print(f"whole '{args.set}' set ({len(probes)} probes): ~{summary['set_token_forwards_estimate'] / 1e6:.2f}M "
-          f"token-forwards, ~{summary['set_seconds_estimate'] / 60:.0f} min per scoring at this throughput")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(summary, indent=2))
 
 
 def replay_report(directory: str, share: float, seeds: int) -> None:

@@ -22,10 +22,11 @@ probes (resampling probes with their per-seed errors), the share of seeds
 whose 95 % CI (the report's probe bootstrap) covers the reference rate, and
 the agreement of the noise flags and AS classes with the reference.
 
-Run (about 25 minutes on 2 idle cores for 6 probes and 10 seeds; the records
-make a re-run seconds)::
+Run (the reference ``Budget()`` dominates: about 3 minutes per probe on 2 idle
+cores, 4 probes and the stages' seeds about 50 minutes of one loaded core
+here; the records make a re-run seconds)::
 
-    python -m benchmarks.sequential --probes 6 --seeds 10 --records runs/sequential --json runs/sequential.json
+    python -m benchmarks.sequential --probes 4 --stages cheap6:3,s256:6 --records runs/sequential --json runs/sequential.json
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 from probattr_monitor.engine import Budget, attribute
-from probattr_monitor.engine.sequential import CHEAP_STAGE, replace_positions
+from probattr_monitor.engine.sequential import replace_positions
 from probattr_monitor.engine.text import make_response
 from probattr_monitor.io_utils import atomic_write_text
 from probattr_monitor.report import NoiseConfig, Report, classify, noise_flags
@@ -51,12 +52,13 @@ logger = logging.getLogger("benchmarks.sequential")
 
 #: Candidate stages (name -> Budget with seed 0; the seed is set per run).
 STAGES = {
-    "cheap6": CHEAP_STAGE,
-    "mid": Budget(max_candidates=16, tail_samples=16, screen=128, refine=0),
+    "cheap6": Budget(max_candidates=6, tail_samples=6, screen=0, refine=0),
+    "s256": Budget(max_candidates=6, tail_samples=6, screen=256, refine=0),
+    "s1024": Budget(max_candidates=6, tail_samples=6, screen=1024, refine=0),
 }
 
 #: Ladders replayed: stage names, the reference ``Budget()`` always last.
-LADDERS = (("cheap6",), ("cheap6", "mid"), ("mid",))
+LADDERS = (("cheap6",), ("s256",), ("s1024",), ("cheap6", "s256"), ("s256", "s1024"))
 
 Z_VALUES = (1.0, 1.5, 2.0, 2.5, 3.0)
 
@@ -88,10 +90,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", default="reasonable-en")
     parser.add_argument("--probes", type=int, default=6, help="probes, spread evenly over the set")
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--stages", default="cheap6", help="comma-separated names of STAGES to score")
-    parser.add_argument("--later-seeds", type=int, default=3,
-                        help="seeds of the stages after the first (replayed seed s uses s mod this)")
+    parser.add_argument("--stages", default="cheap6:3,s256:6",
+                        help="comma-separated NAME:SEEDS of STAGES to score (a replay of seed s reads seed "
+                             "s mod SEEDS of each later stage; the ladder's first stage sets the seeds)")
     parser.add_argument("--records", default="runs/sequential")
     parser.add_argument("--project", type=int, default=None, help="probes of the projected set (default: the set's)")
     parser.add_argument("--threads", type=int, default=None)
@@ -104,6 +105,7 @@ def main(argv=None) -> None:
     from probattr_monitor.models import load_model_and_tokenizer
     from probattr_monitor.probes import load_probe_set, render
 
+    stage_seeds = {name: int(n) for name, n in (part.split(":") for part in args.stages.split(","))}
     records = Path(args.records)
     records.mkdir(parents=True, exist_ok=True)
     model, tok = load_model_and_tokenizer("smollm2")
@@ -125,9 +127,9 @@ def main(argv=None) -> None:
         ref = load_or_score(records, f"{probe.id}_ref", lambda: run(Budget()))
         logger.info("%s: reference %d token-forwards", probe.id, ref.info["token_forwards"])
         stages = {}
-        for name in args.stages.split(","):
+        for name, n_seeds in stage_seeds.items():
             budget = STAGES[name]
-            for seed in range(args.seeds if name == "cheap6" else min(args.seeds, args.later_seeds)):
+            for seed in range(n_seeds):
                 stages[name, seed] = load_or_score(
                     records, f"{probe.id}_{name}_{seed}",
                     lambda b=budget, s=seed: run(Budget(**{**b.__dict__, "seed": s})))
@@ -135,15 +137,13 @@ def main(argv=None) -> None:
         data[probe.id] = (tuple(rendered.template_mask), ref, stages)
     if args.score_only:
         return
-    names = set(args.stages.split(","))
-    ladders = [ladder for ladder in LADDERS if set(ladder) <= names]
-    summary = replay(data, args.seeds, config.noise, args.project or len(probe_set), len(probe_set), ladders,
-                     min(args.seeds, args.later_seeds))
+    ladders = [ladder for ladder in LADDERS if set(ladder) <= set(stage_seeds)]
+    summary = replay(data, stage_seeds, config.noise, args.project or len(probe_set), len(probe_set), ladders)
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))
 
 
-def replay(data: dict, seeds: int, noise: NoiseConfig, project: int, set_size: int, ladders, later_seeds: int) -> dict:
+def replay(data: dict, stage_seeds: dict, noise: NoiseConfig, project: int, set_size: int, ladders) -> dict:
     """Replay every ladder and z over the seeds; print and return the figures."""
     def report(results):
         return Report.from_results(list(results.items()), cfg=noise,
@@ -160,14 +160,14 @@ def replay(data: dict, seeds: int, noise: NoiseConfig, project: int, set_size: i
     rows = []
     rng = np.random.default_rng(0)
     for ladder in ladders:
+        seeds = stage_seeds[ladder[0]]
         for z in Z_VALUES:
             errs, covered, costs, agree_flag, agree_class, shares, per_probe_err = [], 0, [], [], [], [], []
             for seed in range(seeds):
                 merged, cost, reached = {}, 0.0, np.zeros(len(ladder) + 1)
                 for pid, (mask, ref, stages) in data.items():
                     excluded = np.asarray(mask, dtype=bool)[ref.positions]
-                    first = seed if ladder[0] == "cheap6" else seed % later_seeds
-                    res = stages[ladder[0], first]
+                    res = stages[ladder[0], seed]
                     cost += len(ref.prompt_ids) + len(ref.response_ids) + position_costs(res).sum()
                     stage_of = np.zeros(len(ref), dtype=int)
                     for index, nxt in enumerate(list(ladder[1:]) + ["ref"], start=1):
@@ -175,7 +175,7 @@ def replay(data: dict, seeds: int, noise: NoiseConfig, project: int, set_size: i
                                          res.stderr["entropy_full"], noise, z) & ~excluded
                         if not todo.any():
                             break
-                        full = ref if nxt == "ref" else stages[nxt, seed % later_seeds]
+                        full = ref if nxt == "ref" else stages[nxt, seed % stage_seeds[nxt]]
                         sub = _subset(full, todo)
                         cost += len(ref.prompt_ids) + len(ref.response_ids) + position_costs(full)[todo].sum()
                         res = replace_positions(res, sub, todo)

