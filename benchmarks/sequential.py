@@ -32,6 +32,7 @@ here; the records make a re-run seconds)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import pickle
@@ -45,8 +46,7 @@ from probattr_monitor.engine.sequential import replace_positions
 from probattr_monitor.engine.text import make_response
 from probattr_monitor.io_utils import atomic_write_text
 from probattr_monitor.report import NoiseConfig, Report, classify, noise_flags
-from probattr_monitor.report.noise import undecided
-from probattr_monitor.scoring import ScoringConfig
+from probattr_monitor.scoring import ScoringConfig, undecided_rule
 
 logger = logging.getLogger("benchmarks.sequential")
 
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
             for seed in range(n_seeds):
                 stages[name, seed] = load_or_score(
                     records, f"{probe.id}_{name}_{seed}",
-                    lambda b=budget, s=seed: run(Budget(**{**b.__dict__, "seed": s})))
+                    lambda b=budget, s=seed: run(dataclasses.replace(b, seed=s)))
             logger.info("%s: %s done", probe.id, name)
         data[probe.id] = (tuple(rendered.template_mask), ref, stages)
     if args.score_only:
@@ -167,12 +167,12 @@ def replay(data: dict, stage_seeds: dict, noise: NoiseConfig, project: int, set_
                 merged, cost, reached = {}, 0.0, np.zeros(len(ladder) + 1)
                 for pid, (mask, ref, stages) in data.items():
                     excluded = np.asarray(mask, dtype=bool)[ref.positions]
+                    rule = undecided_rule(noise, mask)
                     res = stages[ladder[0], seed]
                     cost += len(ref.prompt_ids) + len(ref.response_ids) + position_costs(res).sum()
                     stage_of = np.zeros(len(ref), dtype=int)
                     for index, nxt in enumerate(list(ladder[1:]) + ["ref"], start=1):
-                        todo = undecided(res.attribution, res.stderr["attribution"], res.entropy_full,
-                                         res.stderr["entropy_full"], noise, z) & ~excluded
+                        todo = rule(res, z)
                         if not todo.any():
                             break
                         full = ref if nxt == "ref" else stages[nxt, seed % stage_seeds[nxt]]
@@ -220,8 +220,6 @@ def replay(data: dict, stage_seeds: dict, noise: NoiseConfig, project: int, set_
 
 def _subset(res, mask):
     """The result restricted to the masked positions (as if those alone had been scored)."""
-    import dataclasses
-
     n = len(res)
     out = {}
     for f in dataclasses.fields(res):

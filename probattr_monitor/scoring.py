@@ -182,7 +182,7 @@ def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig)
         )
     if isinstance(config.candidates, SequentialBudget):
         res = attribute_sequential(model, rendered.ids, response_ids, config.candidates,
-                                   _undecided_rule(config.noise, rendered.template_mask),
+                                   undecided_rule(config.noise, rendered.template_mask),
                                    batch_size=config.batch_size, memory_budget_mb=config.memory_budget_mb)
     else:
         res = attribute(model, rendered.ids, response_ids, candidates=config.candidates,
@@ -193,9 +193,14 @@ def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig)
     return ProbeScore(probe.id, res, tuple(rendered.template_mask), None, time.perf_counter() - started)
 
 
-def _undecided_rule(noise: NoiseConfig, template_mask: Sequence[bool]) -> Callable[[AttributionResult, float],
-                                                                                 Any]:
+def undecided_rule(noise: NoiseConfig, template_mask: Sequence[bool]) -> Callable[[AttributionResult, float],
+                                                                                Any]:
     """The sequential budgets' rule: AS class or noise flag open at ``z`` SEs, on tokens the metrics read.
+
+    Returns ``rule(result, z) -> bool array`` for
+    :func:`~probattr_monitor.engine.sequential.attribute_sequential`
+    (:func:`probattr_monitor.report.noise.undecided` on the result's estimates
+    and standard errors).
 
     Template tokens are left out of every metric, so they are never escalated
     (their first-stage values and errors stay in the table).

@@ -158,15 +158,15 @@ def test_scoring_config_runs_the_ladder_and_records_it(tmp_path):
 
 
 def test_template_tokens_are_never_escalated(case):
-    from probattr_monitor.scoring import _undecided_rule
+    from probattr_monitor.scoring import undecided_rule
 
     model, prompt, response = case
     cheap = attribute(model, prompt, response, candidates=CHEAP)
     mask = [False] * len(prompt)
-    everywhere = _undecided_rule(NoiseConfig(), mask)(cheap, 50.0)
+    everywhere = undecided_rule(NoiseConfig(), mask)(cheap, 50.0)
     assert everywhere.all()
     mask[3] = mask[5] = True
-    todo = _undecided_rule(NoiseConfig(), mask)(cheap, 50.0)
+    todo = undecided_rule(NoiseConfig(), mask)(cheap, 50.0)
     assert todo.tolist() == [k not in (3, 5) for k in cheap.positions]
 
 

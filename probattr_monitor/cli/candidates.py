@@ -17,8 +17,8 @@ from typing import Any
 from probattr_monitor.cli.errors import EXIT_USAGE, CLIError
 
 HELP = (
-    "candidate tokens per position: 'budget' (the budgeted estimator with its default "
-    "Budget); 'sequential' (the default SequentialBudget: a cheap budget first, the default Budget only "
+    "candidate tokens per position: 'budget' (the default: the budgeted estimator with its default "
+    "Budget, the training monitor's default too); 'sequential' (opt-in, the default SequentialBudget: a cheap budget first, the default Budget only "
     "where a token's AS class or noise flag is still open); a count N (the budgeted estimator with at most N "
     "exactly scored candidates per position); 'all' (the whole vocabulary, paper-exact, |V| "
     "forwards per position); a comma-separated list of token ids ('11,42,1000', or '42,' for a "
@@ -69,13 +69,15 @@ class CandidateSpec:
                                f"vocabulary [0, {vocab_size})")
             ids = sorted(set(self.ids))
             return ids, {"kind": "ids", "source": self.source, "n": len(ids), "vocab_size": vocab_size}
+        import dataclasses
+
         from probattr_monitor.engine.budget import Budget  # the engine (torch) loads only when scoring
 
         if self.kind == "sequential":
             from probattr_monitor.engine.sequential import SequentialBudget
 
             default = SequentialBudget()
-            spec = SequentialBudget(stages=tuple(Budget(**{**s.__dict__, "seed": seed}) for s in default.stages),
+            spec = SequentialBudget(stages=tuple(dataclasses.replace(s, seed=seed) for s in default.stages),
                                     z=default.z)
             return spec, {"kind": "sequential", "stages": [s.to_info() for s in spec.stages], "z": spec.z,
                           "vocab_size": vocab_size}

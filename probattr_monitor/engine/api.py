@@ -11,6 +11,7 @@ from probattr_monitor.engine.budgeted import attribute_budgeted
 from probattr_monitor.engine.exact import attribute_exact
 from probattr_monitor.engine.result import AttributionResult
 from probattr_monitor.engine.runner import DEFAULT_MEMORY_BUDGET_MB
+from probattr_monitor.engine.sequential import SequentialBudget
 from probattr_monitor.engine.validation import validate_request
 
 
@@ -92,7 +93,7 @@ def attribute(
     """
     prompt, response, pos, bs = validate_request(model, prompt_ids, response_ids, positions, batch_size,
                                                  memory_budget_mb)
-    if type(candidates).__name__ == "SequentialBudget":
+    if isinstance(candidates, SequentialBudget):
         raise TypeError("candidates=SequentialBudget(...) stops on the noise rule, which attribute() does not "
                         "know: score through ScoringConfig(candidates=...) (score_probe, the monitor, "
                         "`probattr score`) or call probattr_monitor.engine.sequential.attribute_sequential")
