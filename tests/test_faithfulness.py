@@ -323,6 +323,72 @@ def test_cli_evaluate_reagent_alone_needs_no_captum(cli_files, capsys, monkeypat
     assert code == 2 and "need Captum" in capsys.readouterr().err
 
 
+def _evaluate_args(cli_files, out, *extra):
+    return ["evaluate", "--model", str(cli_files / "ckpt"), "--probes", str(cli_files / "probes.jsonl"),
+            "--methods", "as,occlusion", "--candidates", "all", "--decodings", "greedy", "--max-new-tokens", "2",
+            "--masks", "4", "--no-plots", "--out", str(out), "-q", *extra]
+
+
+def test_cli_evaluate_stopped_run_keeps_finished_prompts_and_resumes(cli_files, capsys, monkeypatch, caplog):
+    from probattr_monitor.evaluate import runner
+
+    full = cli_files / "full"
+    assert main(_evaluate_args(cli_files, full)) == 0
+    reference = json.loads((full / "faithfulness.json").read_text())
+    assert reference["meta"]["complete"] and reference["meta"]["evaluated_prompts"] == 2
+
+    real, calls = runner.evaluate_prompt, []
+
+    def stopped_after_first(*args, **kwargs):
+        calls.append(kwargs["probe_id"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user stops the run during the second prompt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate_prompt", stopped_after_first)
+    part = cli_files / "part"
+    assert main(_evaluate_args(cli_files, part)) == 130
+    doc = json.loads((part / "faithfulness.json").read_text())
+    assert doc["meta"]["complete"] is False and doc["meta"]["expected_prompts"] == 2
+    assert [p["probe"] for p in doc["prompts"]] == ["tim"]
+    assert (part / "faithfulness.csv").read_text().count("\n") == 1 + 2  # header + tim's two methods
+
+    calls.clear()
+    capsys.readouterr()
+    assert main(_evaluate_args(cli_files, part, "--resume")) == 0
+    assert calls == ["surfer"]  # tim is kept, not evaluated again
+    resumed = json.loads((part / "faithfulness.json").read_text())
+    assert resumed["meta"]["complete"] and resumed["rows"] == reference["rows"]
+    assert resumed["prompts"][0]["seconds"] == doc["prompts"][0]["seconds"]
+
+    # Other settings are refused before anything is evaluated, and the file is left as it was.
+    calls.clear()
+    assert main(_evaluate_args(cli_files, part, "--resume", "--masks", "6")) == 2
+    assert "written with another settings" in capsys.readouterr().err
+    assert calls == [] and json.loads((part / "faithfulness.json").read_text()) == resumed
+    # Without --resume the file is overwritten, with a warning.
+    monkeypatch.setattr(runner, "evaluate_prompt", lambda *a, **k: calls.append(k["probe_id"]) or real(*a, **k))
+    with caplog.at_level("WARNING", logger="probattr_monitor.cli.evaluate_cmd"):
+        assert main(_evaluate_args(cli_files, part)) == 0
+    assert "will be overwritten (pass --resume" in caplog.text
+    assert calls == ["tim", "surfer"]
+
+
+def test_prompt_evaluation_record_round_trip(cli_files):
+    from probattr_monitor.evaluate import PromptEvaluation
+    from probattr_monitor.evaluate.outputs import read_evaluations
+
+    meta, evaluations = read_evaluations(cli_files / "full" / "faithfulness.json")
+    assert meta["complete"] and [e.key for e in evaluations] == [("tim", "greedy"), ("surfer", "greedy")]
+    for e in evaluations:
+        assert PromptEvaluation.from_record(json.loads(json.dumps(e.to_record()))) == e
+    with pytest.raises(ValueError, match="not a prompt evaluation record"):
+        PromptEvaluation.from_record({"probe": "tim"})
+    (cli_files / "bad.json").write_text("{\"rows\": []}")
+    with pytest.raises(ValueError, match="not a faithfulness export"):
+        read_evaluations(cli_files / "bad.json")
+
+
 @pytest.mark.parametrize("methods,message", [("", "method list is empty"), ("as,bogus", "unknown method 'bogus'")])
 def test_cli_bad_methods_exit_2_before_loading(cli_files, capsys, methods, message):
     code = main(["evaluate", "--model", str(cli_files / "missing"), "--methods", methods,

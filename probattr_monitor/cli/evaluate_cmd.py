@@ -30,7 +30,9 @@ better), NAOPC (higher), comprehensiveness (higher) and sufficiency (lower).
 EPILOG = """\
 writes: faithfulness.json, faithfulness.csv (one row per probe x decoding x
 method), summary.csv, faithfulness.md, faithfulness_<model>_<decoding>.png
-(the paper's Figs. 7-8).
+(the paper's Figs. 7-8). The tables are rewritten after every prompt (meta
+"complete": false until the last), so a stopped run keeps what it finished;
+--resume continues it.
 """
 
 _positive_int = number(int, minimum=1)
@@ -78,6 +80,9 @@ def add_parser(subparsers: Any, parents: list) -> argparse.ArgumentParser:
                    help="NAOPC's bound search: greedy (P(P+1) forwards per prompt) or single (P) (default: %(default)s)")
     s.add_argument("--seed", type=number(int, minimum=0, maximum=2**63 - 1), default=0, help="seed (default: 0)")
     p.add_argument("--no-plots", action="store_true", help="write no figures")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the prompts already in --out's faithfulness.json and evaluate only the rest "
+                        "(its model, probe set and settings must be these)")
     p.set_defaults(func=run)
     return p
 
@@ -127,6 +132,36 @@ def run(args: argparse.Namespace) -> int:
         discard_if_unused(out, created)
 
 
+def _resume_from(out: Path, resume: bool, model: str, probes: Any, settings: Any) -> list:
+    """The earlier results to keep: none unless ``--resume`` and a matching ``faithfulness.json``."""
+    from probattr_monitor.evaluate.outputs import read_evaluations
+    from probattr_monitor.io_utils import jsonable
+
+    path = out / "faithfulness.json"
+    if not path.exists():
+        if resume:
+            logger.info("--resume: %s does not exist yet; evaluating every prompt", path)
+        return []
+    if not resume:
+        logger.warning("%s exists and will be overwritten (pass --resume to keep its prompts)", path)
+        return []
+    try:
+        meta, done = read_evaluations(path)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"--resume: cannot read {path}: {exc}") from None
+    wanted = {"model": model, "probes": probes.name, "settings": jsonable(settings.to_dict())}
+    found = {"model": (meta.get("model") or {}).get("name"), "probes": meta.get("probes"),
+             "settings": meta.get("settings")}
+    differ = [key for key in wanted if wanted[key] != found[key]]
+    if differ:
+        detail = "; ".join(f"{key}: {found[key]!r} there, {wanted[key]!r} now" for key in differ
+                           if key != "settings") or "the settings differ"
+        raise CLIError(f"--resume: {path} was written with another {' and '.join(differ)} ({detail}); "
+                       "use the same options or another --out", code=EXIT_USAGE)
+    logger.info("--resume: keeping %d evaluated prompts from %s", len(done), path)
+    return done
+
+
 def _run_checked(args: argparse.Namespace, settings: Any, spec: Any, probes: Any, out: Path, started: float) -> int:
     from probattr_monitor.cli.loading import load_model, vocab_size
     from probattr_monitor.evaluate import evaluate_probe_set
@@ -140,17 +175,30 @@ def _run_checked(args: argparse.Namespace, settings: Any, spec: Any, probes: Any
                         trust_remote_code=args.trust_remote_code, device=args.device)
     candidates, cand_meta = spec.resolve(vocab_size(loaded.model), seed=args.seed)
     settings = dataclasses.replace(settings, candidates=candidates)
+    done = _resume_from(out, args.resume, loaded.name, probes, settings)
+    expected = sum(1 if p.response is not None else len(settings.decodings) for p in probes.probes)
+    base_meta = {"model": {"name": loaded.name, **loaded.meta}, "probes": probes.name,
+                 "settings": settings.to_dict(), "candidates_spec": cand_meta,
+                 "command": shlex.join(["probattr", *args.argv]), "expected_prompts": expected}
+
+    def write(evaluations: list, complete: bool) -> dict:
+        meta = {**base_meta, "complete": complete, "evaluated_prompts": len(evaluations),
+                "metric_token_forwards": sum(e.metric_token_forwards for e in evaluations)}
+        try:
+            return write_outputs(out, loaded.name, evaluations, meta)
+        except OSError as exc:
+            raise CLIError(f"cannot write to {out}: {exc}") from None
+
     logger.info("evaluating %s on %d probes: %s", loaded.name, len(probes), ", ".join(settings.methods))
     try:
         evaluations = evaluate_probe_set(loaded.model, loaded.tokenizer, probes, settings,
-                                         progress=lambda i, label: logger.info("evaluated %s", label))
+                                         progress=lambda i, label: logger.info("evaluated %s (%d of %d)", label,
+                                                                               i, expected),
+                                         done=done, on_result=lambda so_far: write(so_far, False))
     except ValueError as exc:
         raise CLIError(f"cannot evaluate {probes.name!r} with {loaded.name}: {exc}", code=EXIT_SCORING) from None
-    meta = {"model": {"name": loaded.name, **loaded.meta}, "probes": probes.name, "settings": settings.to_dict(),
-            "candidates_spec": cand_meta, "command": shlex.join(["probattr", *args.argv]),
-            "metric_token_forwards": sum(e.metric_token_forwards for e in evaluations)}
+    written = write(evaluations, True)
     try:
-        written = write_outputs(out, loaded.name, evaluations, meta)
         plots = [] if args.no_plots else write_figures(out, rows(loaded.name, evaluations))
     except OSError as exc:
         raise CLIError(f"cannot write to {out}: {exc}") from None

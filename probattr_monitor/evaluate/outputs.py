@@ -15,7 +15,7 @@ import numpy as np
 from probattr_monitor.evaluate.metrics import DIRECTIONS
 from probattr_monitor.io_utils import atomic_write, atomic_write_text, jsonable
 
-__all__ = ["ARROWS", "rows", "summary_rows", "markdown_table", "write_outputs", "write_figures"]
+__all__ = ["ARROWS", "rows", "summary_rows", "markdown_table", "read_evaluations", "write_outputs", "write_figures"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,7 @@ def write_outputs(out: Path, model: str, evaluations: Sequence[Any], meta: dict)
     table = rows(model, evaluations)
     summary = summary_rows(table)
     doc = {"meta": meta, "directions": DIRECTIONS, "rows": table, "summary": summary,
-           "prompts": [{"probe": e.probe_id, "decoding": e.decoding, "prompt_ids": e.prompt_ids,
-                        "response_ids": e.response_ids, "log_p_response": e.f0,
-                        "metric_token_forwards": e.metric_token_forwards, "method_costs": e.method_costs,
-                        "attributions": {m.method: m.attribution for m in e.methods}} for e in evaluations]}
+           "prompts": [e.to_record() for e in evaluations]}
     sum_cols = ["model", "decoding", "method", "probes", *DIRECTIONS, *(f"{m}_best" for m in DIRECTIONS)]
     written = {
         "json": atomic_write_text(out / "faithfulness.json", json.dumps(jsonable(doc), indent=1, allow_nan=True)),
@@ -96,6 +93,27 @@ def write_outputs(out: Path, model: str, evaluations: Sequence[Any], meta: dict)
                                       + markdown_table(summary, sum_cols)),
     }
     return written
+
+
+def read_evaluations(path: Path) -> tuple:
+    """``(meta, evaluations)`` of a ``faithfulness.json`` written by :func:`write_outputs`.
+
+    Raises
+    ------
+    ValueError
+        The file is not valid JSON or not a faithfulness export.
+    OSError
+        The file cannot be read.
+    """
+    from probattr_monitor.evaluate.runner import PromptEvaluation
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("meta"), dict) or not isinstance(doc.get("prompts"), list):
+        raise ValueError(f"{path} is not a faithfulness export (no 'meta' and 'prompts')")
+    return doc["meta"], [PromptEvaluation.from_record(rec) for rec in doc["prompts"]]
 
 
 def write_figures(out: Path, table: Sequence[dict]) -> list:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from probattr_monitor.engine.modes import scoring_mode
 from probattr_monitor.engine.text import DECODINGS, make_response
 from probattr_monitor.engine.validation import check_fits_context
 from probattr_monitor.evaluate.baselines import BASELINES, BaselineSettings, baseline_attribution
-from probattr_monitor.evaluate.metrics import BOUND_SEARCHES, FaithfulnessScores, MetricContext
+from probattr_monitor.evaluate.metrics import BOUND_SEARCHES, DIRECTIONS, FaithfulnessScores, MetricContext
 from probattr_monitor.evaluate.perturbation import ReplacementOperator
 from probattr_monitor.evaluate.reagent import ReagentSettings, reagent_attribution
 from probattr_monitor.probes import ProbeSet, render
@@ -134,6 +134,41 @@ class PromptEvaluation:
     def scores(self) -> dict:
         return {m.method: m.scores.to_dict() for m in self.methods}
 
+    @property
+    def key(self) -> tuple:
+        """``(probe_id, decoding)``: what identifies this evaluation within a run."""
+        return (self.probe_id, self.decoding)
+
+    def to_record(self) -> dict:
+        """Everything of this evaluation as plain JSON types (the ``prompts`` entries of ``faithfulness.json``)."""
+        return {"probe": self.probe_id, "decoding": self.decoding, "prompt_ids": list(self.prompt_ids),
+                "response_ids": list(self.response_ids), "log_p_response": self.f0,
+                "metric_token_forwards": self.metric_token_forwards, "seconds": self.seconds,
+                "method_costs": self.method_costs,
+                "attributions": {m.method: list(m.attribution) for m in self.methods},
+                "scores": self.scores()}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "PromptEvaluation":
+        """The inverse of :meth:`to_record`.
+
+        Raises
+        ------
+        ValueError
+            A key is missing or a method has an attribution but no scores.
+        """
+        try:
+            methods = tuple(MethodEvaluation(name, tuple(float(v) for v in attr),
+                                             FaithfulnessScores(**{k: float(record["scores"][name][k])
+                                                                   for k in DIRECTIONS}))
+                            for name, attr in record["attributions"].items())
+            return cls(str(record["probe"]), str(record["decoding"]), tuple(int(t) for t in record["prompt_ids"]),
+                       tuple(int(t) for t in record["response_ids"]), float(record["log_p_response"]), methods,
+                       int(record["metric_token_forwards"]), float(record["seconds"]),
+                       dict(record.get("method_costs") or {}))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a prompt evaluation record (missing or malformed {exc})") from None
+
 
 class _CountingScorer:
     def __init__(self, op: ReplacementOperator) -> None:
@@ -189,18 +224,50 @@ def evaluate_prompt(model: Any, prompt_ids: Sequence[int], response_ids: Sequenc
 
 
 def evaluate_probe_set(model: Any, tokenizer: Any, probes: ProbeSet, settings: EvaluationSettings,
-                       progress: Optional[Any] = None) -> list:
+                       progress: Optional[Any] = None, *, done: Iterable[PromptEvaluation] = (),
+                       on_result: Optional[Callable[[list], None]] = None) -> list:
     """:func:`evaluate_prompt` for every probe and decoding (responses generated as ``probattr score`` does).
 
     Every probe is checked against the context window before any is evaluated.
+    Nothing is shared between prompts (each builds its masks and seeds from
+    ``settings.seed``), so a run cut into parts gives the results of one run.
+
+    Parameters
+    ----------
+    done : iterable of PromptEvaluation
+        Results of an earlier run with the same model and settings (read back
+        by :func:`~probattr_monitor.evaluate.outputs.read_evaluations`): a
+        probe and decoding found here is not evaluated again.
+    on_result : callable, optional
+        Called with the results so far (in probe order) after each new one, so
+        that a caller can write them before the next prompt starts.
+
+    Raises
+    ------
+    ValueError
+        A probe does not fit the context window, or an earlier result's prompt
+        is not the one this probe renders to (the probe set or the tokenizer
+        changed).
     """
     rendered = [(p, render(p, tokenizer)) for p in probes.probes]
     for probe, r in rendered:
         extra = len(encode_text(tokenizer, probe.response)) if probe.response is not None else settings.max_new_tokens
         check_fits_context(model, len(r.ids) + extra, f"probe {probe.id!r}", "prompt + response")
+    earlier = {e.key: e for e in done}
+    for probe, r in rendered:
+        for decoding in (("given",) if probe.response is not None else settings.decodings):
+            previous = earlier.get((probe.id, decoding))
+            if previous is not None and list(previous.prompt_ids) != list(r.ids):
+                raise ValueError(f"the earlier result for {probe.id}/{decoding} was computed on another prompt "
+                                 "(the probe text or the tokenizer changed); start a new output directory")
     results = []
     for probe, r in rendered:
         for decoding in (("given",) if probe.response is not None else settings.decodings):
+            previous = earlier.get((probe.id, decoding))
+            if previous is not None:
+                results.append(previous)
+                logger.info("%s/%s: kept from the earlier run", probe.id, decoding)
+                continue
             if probe.response is not None:
                 response = encode_text(tokenizer, probe.response)
             else:
@@ -208,6 +275,8 @@ def evaluate_probe_set(model: Any, tokenizer: Any, probes: ProbeSet, settings: E
                                          settings.top_p, settings.num_samples, settings.seed)
             results.append(evaluate_prompt(model, r.ids, response, settings, probe_id=probe.id,
                                            decoding=decoding))
+            if on_result is not None:
+                on_result(list(results))
             if progress is not None:
                 progress(len(results), f"{probe.id}/{decoding}")
     return results
