@@ -176,7 +176,7 @@ def _run_checked(args: argparse.Namespace, settings: Any, spec: Any, probes: Any
     candidates, cand_meta = spec.resolve(vocab_size(loaded.model), seed=args.seed)
     settings = dataclasses.replace(settings, candidates=candidates)
     done = _resume_from(out, args.resume, loaded.name, probes, settings)
-    expected = sum(1 if p.response is not None else len(settings.decodings) for p in probes.probes)
+    expected = sum(len(settings.decodings_of(p)) for p in probes.probes)
     base_meta = {"model": {"name": loaded.name, **loaded.meta}, "probes": probes.name,
                  "settings": settings.to_dict(), "candidates_spec": cand_meta,
                  "command": shlex.join(["probattr", *args.argv]), "expected_prompts": expected}

@@ -91,6 +91,10 @@ class EvaluationSettings:
             raise ValueError(f"decodings must be a non-empty subset of {DECODINGS}, got {self.decodings!r}")
         object.__setattr__(self, "decodings", decodings)
 
+    def decodings_of(self, probe: Any) -> tuple:
+        """The decodings a probe is evaluated under: ``("given",)`` when it carries its response."""
+        return ("given",) if probe.response is not None else self.decodings
+
     def to_dict(self) -> dict:
         cand = self.candidates
         cand_desc = cand if isinstance(cand, str) else (cand.to_info() if isinstance(cand, Budget)
@@ -254,29 +258,26 @@ def evaluate_probe_set(model: Any, tokenizer: Any, probes: ProbeSet, settings: E
         extra = len(encode_text(tokenizer, probe.response)) if probe.response is not None else settings.max_new_tokens
         check_fits_context(model, len(r.ids) + extra, f"probe {probe.id!r}", "prompt + response")
     earlier = {e.key: e for e in done}
-    for probe, r in rendered:
-        for decoding in (("given",) if probe.response is not None else settings.decodings):
-            previous = earlier.get((probe.id, decoding))
-            if previous is not None and list(previous.prompt_ids) != list(r.ids):
-                raise ValueError(f"the earlier result for {probe.id}/{decoding} was computed on another prompt "
-                                 "(the probe text or the tokenizer changed); start a new output directory")
+    jobs = [(probe, r, decoding, earlier.get((probe.id, decoding)))
+            for probe, r in rendered for decoding in settings.decodings_of(probe)]
+    for probe, r, decoding, previous in jobs:
+        if previous is not None and list(previous.prompt_ids) != list(r.ids):
+            raise ValueError(f"the earlier result for {probe.id}/{decoding} was computed on another prompt "
+                             "(the probe text or the tokenizer changed); start a new output directory")
     results = []
-    for probe, r in rendered:
-        for decoding in (("given",) if probe.response is not None else settings.decodings):
-            previous = earlier.get((probe.id, decoding))
-            if previous is not None:
-                results.append(previous)
-                logger.info("%s/%s: kept from the earlier run", probe.id, decoding)
-                continue
-            if probe.response is not None:
-                response = encode_text(tokenizer, probe.response)
-            else:
-                response = make_response(model, tokenizer, r.ids, decoding, settings.max_new_tokens,
-                                         settings.top_p, settings.num_samples, settings.seed)
-            results.append(evaluate_prompt(model, r.ids, response, settings, probe_id=probe.id,
-                                           decoding=decoding))
-            if on_result is not None:
-                on_result(list(results))
-            if progress is not None:
-                progress(len(results), f"{probe.id}/{decoding}")
+    for probe, r, decoding, previous in jobs:
+        if previous is not None:
+            results.append(previous)
+            logger.info("%s/%s: kept from the earlier run", probe.id, decoding)
+            continue
+        if probe.response is not None:
+            response = encode_text(tokenizer, probe.response)
+        else:
+            response = make_response(model, tokenizer, r.ids, decoding, settings.max_new_tokens,
+                                     settings.top_p, settings.num_samples, settings.seed)
+        results.append(evaluate_prompt(model, r.ids, response, settings, probe_id=probe.id, decoding=decoding))
+        if on_result is not None:
+            on_result(list(results))
+        if progress is not None:
+            progress(len(results), f"{probe.id}/{decoding}")
     return results
