@@ -378,7 +378,9 @@ def test_prompt_evaluation_record_round_trip(cli_files):
     from probattr_monitor.evaluate import PromptEvaluation
     from probattr_monitor.evaluate.outputs import read_evaluations
 
-    meta, evaluations = read_evaluations(cli_files / "full" / "faithfulness.json")
+    out = cli_files / "round-trip"  # its own run: under xdist the resume test may run on another worker
+    assert main(_evaluate_args(cli_files, out)) == 0
+    meta, evaluations = read_evaluations(out / "faithfulness.json")
     assert meta["complete"] and [e.key for e in evaluations] == [("tim", "greedy"), ("surfer", "greedy")]
     for e in evaluations:
         assert PromptEvaluation.from_record(json.loads(json.dumps(e.to_record()))) == e
