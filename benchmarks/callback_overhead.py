@@ -14,6 +14,8 @@ Run::
 
     python benchmarks/callback_overhead.py --framework lightning            # the example's defaults
     python benchmarks/callback_overhead.py --framework lightning --epochs 1 --threads 2 --json out.json
+    python benchmarks/callback_overhead.py --framework hf --threads 1     # examples/hf_trainer_train.py's defaults
+    python benchmarks/callback_overhead.py --framework all --threads 2    # both, one after the other
 
 Both runs use the same loggers (W&B offline when installed, and CSV), so the
 difference is the callback alone.
@@ -86,26 +88,80 @@ def lightning_overhead(*, epochs: int = 4, n_train: int = 6_000, every_n_steps: 
         if with_callback:
             cb = callbacks[0]
             result["scorings"] = [dict(t) for t in cb.timings]
-            result["noise_rate"] = [(h.step, h.value) for h in cb.history]
+            result["noise_rate"] = [(h.step, h.scalars.get("probattr/noise_rate", float("nan"))) for h in cb.history]
         return result
 
     without = run(False)
     with_cb = run(True)
+    schedule = "every validation end (once per epoch)" + (f" + every {every_n_steps} steps" if every_n_steps else "")
+    return summarise("lightning", schedule, epochs, with_cb, without, {"n_train": n_train, "use_wandb": use_wandb})
+
+
+# --------------------------------------------------------------------------- HF Trainer
+
+
+def hf_overhead(*, max_steps: int = 300, eval_steps: int = 50, batch_size: int = 16, use_wandb: bool = True,
+                workdir: Optional[Path] = None) -> dict[str, Any]:
+    """Train ``examples/hf_trainer_train.py``'s model with and without ProbAttrTrainerCallback.
+
+    Both runs evaluate and save every ``eval_steps`` steps and train exactly
+    ``max_steps`` steps: no early stopping and no reload of the best checkpoint
+    at the end (the run without the callback has no probattr metric to gate
+    on), so the difference is the callback alone.
+    """
+    from transformers import Trainer
+
+    ex = _load_example("hf_trainer_train")
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="probattr-overhead-hf-"))
+    if use_wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            use_wandb = False
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+    def run(with_callback: bool) -> dict[str, Any]:
+        import wandb
+
+        out = workdir / ("with" if with_callback else "without")
+        out.mkdir(parents=True, exist_ok=True)
+        os.environ["WANDB_DIR"] = str(out)
+        model, tokenizer, train, val, probes = ex.build(out)
+        callbacks = [ex.make_callback(probes, wandb="auto" if use_wandb else False)] if with_callback else []
+        args = ex.training_arguments(out, max_steps=max_steps, eval_steps=eval_steps, batch_size=batch_size, seed=0,
+                                     use_wandb=use_wandb, gate=False)
+        trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
+                          callbacks=callbacks)
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        if use_wandb and wandb.run is not None:
+            wandb.finish()
+        result: dict[str, Any] = {"seconds": seconds, "steps": trainer.state.global_step}
+        if with_callback:
+            cb = callbacks[0]
+            result["scorings"] = [dict(t) for t in cb.timings]
+            result["noise_rate"] = [(h.step, h.scalars.get("probattr/noise_rate", float("nan"))) for h in cb.history]
+        return result
+
+    without = run(False)
+    with_cb = run(True)
+    return summarise("hf", f"every evaluation (every {eval_steps} steps)", None, with_cb, without,
+                     {"max_steps": max_steps, "use_wandb": use_wandb})
+
+
+def summarise(framework: str, schedule: str, epochs: Optional[int], with_cb: dict, without: dict,
+              extra: dict) -> dict[str, Any]:
+    """The figures of one framework's pair of runs (see the module docstring)."""
     spent = sum(t["score_s"] + t["log_s"] for t in with_cb["scorings"])
     n = max(1, len(with_cb["scorings"]))
     return {
-        "framework": "lightning",
-        "schedule": "every validation end (once per epoch)"
-        + (f" + every {every_n_steps} steps" if every_n_steps else ""),
-        "epochs": epochs,
-        "n_train": n_train,
-        "steps": with_cb["steps"],
-        "w&b": use_wandb,
-        "seconds_without": without["seconds"],
-        "seconds_with": with_cb["seconds"],
+        "framework": framework, "schedule": schedule, "epochs": epochs, "steps": with_cb["steps"],
+        "w&b": extra.get("use_wandb"), **{k: v for k, v in extra.items() if k != "use_wandb"},
+        "seconds_without": without["seconds"], "seconds_with": with_cb["seconds"],
         "wall_overhead": (with_cb["seconds"] - without["seconds"]) / without["seconds"],
-        "callback_seconds": spent,
-        "accounted_share": spent / with_cb["seconds"],
+        "callback_seconds": spent, "accounted_share": spent / with_cb["seconds"],
         "n_scorings": len(with_cb["scorings"]),
         "score_s_per_scoring": sum(t["score_s"] for t in with_cb["scorings"]) / n,
         "log_s_per_scoring": sum(t["log_s"] for t in with_cb["scorings"]) / n,
@@ -113,11 +169,12 @@ def lightning_overhead(*, epochs: int = 4, n_train: int = 6_000, every_n_steps: 
     }
 
 
-FRAMEWORKS = {"lightning": lightning_overhead}
+FRAMEWORKS = {"lightning": lightning_overhead, "hf": hf_overhead}
 
 
 def _print(res: dict[str, Any]) -> None:
-    print(f"[{res['framework']}] {res['epochs']} epochs, {res['steps']} optimizer steps, schedule: {res['schedule']}, "
+    span = f"{res['epochs']} epochs, " if res.get("epochs") else ""
+    print(f"[{res['framework']}] {span}{res['steps']} optimizer steps, schedule: {res['schedule']}, "
           f"W&B offline: {res['w&b']}")
     print(f"  training without the callback: {res['seconds_without']:.1f} s; with it: {res['seconds_with']:.1f} s "
           f"-> wall-clock overhead {100 * res['wall_overhead']:+.1f}%")
@@ -133,6 +190,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--epochs", type=int, default=4, help="default: the example's")
     parser.add_argument("--n-train", type=int, default=6_000)
     parser.add_argument("--every-n-steps", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=300, help="HF: training steps (default: the example's)")
+    parser.add_argument("--eval-steps", type=int, default=50, help="HF: evaluation interval (default: the example's)")
     parser.add_argument("--no-wandb", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -147,6 +206,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {"epochs": args.epochs}
         if name == "lightning":
             kwargs.update(n_train=args.n_train, every_n_steps=args.every_n_steps, use_wandb=not args.no_wandb)
+        else:
+            kwargs = {"max_steps": args.max_steps, "eval_steps": args.eval_steps, "use_wandb": not args.no_wandb}
         res = FRAMEWORKS[name](**kwargs)
         _print(res)
         results.append(res)

@@ -110,6 +110,78 @@ class Blocks(torch.utils.data.Dataset):
         return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
 
 
+# --------------------------------------------------------------------------- model and Trainer
+
+BLOCK = 64
+
+
+def build(out: Path, seed: int = 0) -> tuple:
+    """Corpus, tokenizer, datasets, the model and the probe file (shared with benchmarks/callback_overhead.py).
+
+    Returns ``(model, tokenizer, train, val, probes_path)``; ``probes_path`` is
+    the in-domain probes above, written to ``out/probes.jsonl``.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, set_seed
+
+    set_seed(seed)
+    train_texts = make_corpus(20_000, seed=seed)
+    eval_texts = make_corpus(500, seed=seed + 1)
+    tokenizer = make_tokenizer(train_texts)
+    train, val = Blocks(tokenizer, train_texts, BLOCK), Blocks(tokenizer, eval_texts, BLOCK)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=BLOCK, n_embd=160, n_layer=4, n_head=4,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    model = GPT2LMHeadModel(config)
+    probes = out / "probes.jsonl"
+    probes.write_text("".join(json.dumps(p) + "\n" for p in PROBES), encoding="utf-8")
+    return model, tokenizer, train, val, probes
+
+
+def make_callback(probes: Path | str, wandb: object = "auto"):
+    """The probattr callback as this example attaches it (default schedule: at every evaluation)."""
+    from probattr_monitor.callbacks import ProbAttrTrainerCallback
+    from probattr_monitor.scoring import ScoringConfig
+
+    # exact attribution over the whole vocabulary; short greedy responses
+    return ProbAttrTrainerCallback(probes=str(probes), scoring=ScoringConfig(candidates="all", max_new_tokens=6,
+                                                                              n_boot=200), wandb=wandb)
+
+
+def training_arguments(out: Path, *, max_steps: int, eval_steps: int, batch_size: int, seed: int, use_wandb: bool,
+                       gate: bool = True):
+    """The example's ``TrainingArguments``; ``gate=False`` keeps every checkpoint decision off the probattr metric."""
+    from transformers import TrainingArguments
+
+    from probattr_monitor.report import DEFAULT_GATE_METRIC
+
+    gating = {"load_best_model_at_end": True,
+              "metric_for_best_model": f"probattr_{DEFAULT_GATE_METRIC}",  # HF reads eval_probattr_<metric>
+              "greater_is_better": False} if gate else {}  # lower is better (HF would default to True)
+    return TrainingArguments(
+        output_dir=str(out),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=64,
+        learning_rate=2e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, max_steps // 20),
+        weight_decay=0.01,
+        logging_steps=max(1, eval_steps // 2),
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=3,
+        report_to=["wandb"] if use_wandb else [],
+        run_name="probattr-hf-example",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=seed,
+        disable_tqdm=True,
+        **gating,
+    )
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -121,71 +193,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out, use_wandb = prepare(args, wandb_project="probattr-hf-example")
 
-    from transformers import (
-        EarlyStoppingCallback,
-        GPT2Config,
-        GPT2LMHeadModel,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+    from transformers import EarlyStoppingCallback, Trainer
 
-    from probattr_monitor.callbacks import ProbAttrTrainerCallback
     from probattr_monitor.report import DEFAULT_GATE_METRIC
-    from probattr_monitor.scoring import ScoringConfig
 
-    set_seed(args.seed)
-    train_texts = make_corpus(20_000, seed=args.seed)
-    eval_texts = make_corpus(500, seed=args.seed + 1)
-    tokenizer = make_tokenizer(train_texts)
-    block = 64
-    train, val = Blocks(tokenizer, train_texts, block), Blocks(tokenizer, eval_texts, block)
-
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=block, n_embd=160, n_layer=4, n_head=4,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
-    model = GPT2LMHeadModel(config)
+    model, tokenizer, train, val, probes = build(out, seed=args.seed)
     n_params = sum(p.numel() for p in model.parameters())
-
-    probes = args.probes
-    if probes is None:
-        probes = out / "probes.jsonl"
-        probes.write_text("".join(json.dumps(p) + "\n" for p in PROBES), encoding="utf-8")
-    monitor_cb = ProbAttrTrainerCallback(
-        probes=str(probes),
-        # exact attribution over the whole vocabulary; short greedy responses
-        scoring=ScoringConfig(candidates="all", max_new_tokens=6, n_boot=200),
-        wandb="auto",
-    )
-
-    training_args = TrainingArguments(
-        output_dir=str(out),
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=64,
-        learning_rate=2e-3,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, args.max_steps // 20),
-        weight_decay=0.01,
-        logging_steps=max(1, args.eval_steps // 2),
-        eval_strategy="steps",
-        eval_steps=args.eval_steps,
-        save_strategy="steps",
-        save_steps=args.eval_steps,
-        save_total_limit=3,
-        load_best_model_at_end=True,
-        metric_for_best_model=f"probattr_{DEFAULT_GATE_METRIC}",  # HF reads eval_probattr_<metric>
-        greater_is_better=False,  # lower is better (HF would default to True)
-        report_to=["wandb"] if use_wandb else [],
-        run_name="probattr-hf-example",
-        use_cpu=True,
-        dataloader_num_workers=0,
-        seed=args.seed,
-        disable_tqdm=True,
-    )
+    monitor_cb = make_callback(args.probes or probes)
     trainer = Trainer(
         model=model,
-        args=training_args,
+        args=training_arguments(out, max_steps=args.max_steps, eval_steps=args.eval_steps,
+                                batch_size=args.batch_size, seed=args.seed, use_wandb=use_wandb),
         train_dataset=train,
         eval_dataset=val,
         processing_class=tokenizer,
@@ -193,14 +211,16 @@ def main(argv=None) -> int:
         callbacks=[monitor_cb, EarlyStoppingCallback(early_stopping_patience=args.patience)],
     )
     print(f"model: GPT-2 {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}, "
-          f"{len(train)} training blocks of {block} tokens; probes: {len(monitor_cb.monitor.probe_set)}")
+          f"{len(train)} training blocks of {BLOCK} tokens; probes: {len(monitor_cb.monitor.probe_set)}")
     started = time.time()
     trainer.train()
     seconds = time.time() - started
 
     wandb_dir = finish_wandb(use_wandb)
 
-    print(f"\ntrained {trainer.state.global_step} steps in {seconds:.0f} s")
+    spent = sum(t["score_s"] + t["log_s"] for t in monitor_cb.timings)
+    print(f"\ntrained {trainer.state.global_step} steps in {seconds:.0f} s, of which the callback {spent:.1f} s "
+          f"({100 * spent / seconds:.1f}%) in {len(monitor_cb.timings)} scorings")
     evals = {r["step"]: r for r in trainer.state.log_history if "eval_loss" in r}
     gate = f"probattr/{DEFAULT_GATE_METRIC}"
     print(f"{'step':>6} {'eval_loss':>10} {DEFAULT_GATE_METRIC:>22} {'95% CI':>17} {'noise_rate':>11} "

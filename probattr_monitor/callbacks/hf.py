@@ -105,6 +105,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Optional
 
 from transformers import TrainerCallback
@@ -250,6 +251,8 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         self.log_dir = os.fspath(log_dir) if log_dir is not None else None
         self.plots = bool(plots)
         self.failures: list[dict] = []
+        #: ``{"step", "event", "score_s", "log_s"}`` of every scoring by this process (as the Lightning callback's).
+        self.timings: list[dict] = []
         self.last_report: Optional[Report] = None
         self._eval_round: tuple[Optional[int], set] = (None, set())
         self._hold = EvaluationHold()
@@ -477,6 +480,7 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         entry = self._entry(step)
         if entry is not None:
             return entry
+        started = time.perf_counter()
         try:
             if model is None:
                 raise RuntimeError("the Trainer passed no model to the callback")
@@ -492,12 +496,16 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
             if self._is_zero:
                 self._log(failed_report(self.monitor, step, entry.errors), step, entry)
             return entry
+        score_s = time.perf_counter() - started
         self.last_report = report
         entry = self._entry(step)
         if not entry.complete:
             warn_incomplete_scoring(self.failures, entry, event, len(self.monitor.probe_set))
+        started = time.perf_counter()
         if self._is_zero:
             self._log(report, step, entry)
+        self.timings.append({"step": step, "event": event, "score_s": score_s,
+                             "log_s": time.perf_counter() - started})
         return entry
 
     # ------------------------------------------------------------------ sinks
