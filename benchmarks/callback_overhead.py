@@ -8,7 +8,12 @@ callback on the example's default schedule, and reports
   (noisy on a shared machine);
 * ``accounted``: the callback's own measured time (scoring + logging tables
   and figures, summed over its scorings) as a share of the run with it,
-  ``spent / t_with``, and per scoring.
+  ``spent / t_with``, and per scoring;
+* ``work``: the scorings' token-forwards (``timings[i]["token_forwards"]``)
+  against three times the training tokens (a training token is a forward and
+  a backward, about three forward tokens): the part of the overhead that is
+  compute, which no logging change can remove, and a way to predict the
+  overhead of another run from its own sizes.
 
 Run::
 
@@ -84,7 +89,9 @@ def lightning_overhead(*, epochs: int = 4, n_train: int = 6_000, every_n_steps: 
         seconds = time.perf_counter() - started
         if use_wandb:
             loggers[0].experiment.finish()
-        result: dict[str, Any] = {"seconds": seconds, "steps": trainer.global_step}
+        ids = module.train_data[0]  # padded to the longest sentence: every row is fed whole
+        result: dict[str, Any] = {"seconds": seconds, "steps": trainer.global_step,
+                                  "training_tokens": int(ids.numel()) * epochs}
         if with_callback:
             cb = callbacks[0]
             result["scorings"] = [dict(t) for t in cb.timings]
@@ -138,7 +145,8 @@ def hf_overhead(*, max_steps: int = 300, eval_steps: int = 50, batch_size: int =
         seconds = time.perf_counter() - started
         if use_wandb and wandb.run is not None:
             wandb.finish()
-        result: dict[str, Any] = {"seconds": seconds, "steps": trainer.state.global_step}
+        result: dict[str, Any] = {"seconds": seconds, "steps": trainer.state.global_step,
+                                  "training_tokens": trainer.state.global_step * batch_size * ex.BLOCK}
         if with_callback:
             cb = callbacks[0]
             result["scorings"] = [dict(t) for t in cb.timings]
@@ -165,6 +173,11 @@ def summarise(framework: str, schedule: str, epochs: Optional[int], with_cb: dic
         "n_scorings": len(with_cb["scorings"]),
         "score_s_per_scoring": sum(t["score_s"] for t in with_cb["scorings"]) / n,
         "log_s_per_scoring": sum(t["log_s"] for t in with_cb["scorings"]) / n,
+        "scoring_token_forwards": sum(int(t.get("token_forwards", 0)) for t in with_cb["scorings"]),
+        "training_tokens": with_cb["training_tokens"],
+        # work, not time: a training token costs about three forward tokens (forward and backward)
+        "work_ratio": sum(int(t.get("token_forwards", 0)) for t in with_cb["scorings"])
+        / (3 * max(1, with_cb["training_tokens"])),
         "noise_rate": with_cb["noise_rate"],
     }
 
@@ -181,6 +194,8 @@ def _print(res: dict[str, Any]) -> None:
     print(f"  callback's own time: {res['callback_seconds']:.1f} s over {res['n_scorings']} scorings "
           f"({res['score_s_per_scoring']:.2f} s scoring + {res['log_s_per_scoring']:.2f} s logging each) "
           f"= {100 * res['accounted_share']:.1f}% of the run")
+    print(f"  work: {res['scoring_token_forwards']:,} scoring token-forwards against {res['training_tokens']:,} "
+          f"training tokens (x3 for forward and backward) = {100 * res['work_ratio']:.1f}% of the training work")
     print("  noise rate per scoring: " + ", ".join(f"{s}: {v:.3f}" for s, v in res["noise_rate"]))
 
 

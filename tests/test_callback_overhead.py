@@ -22,6 +22,8 @@ def _check(res: dict, scorings: int) -> None:
     assert res["accounted_share"] == pytest.approx(res["callback_seconds"] / res["seconds_with"])
     assert res["score_s_per_scoring"] > 0 and res["log_s_per_scoring"] >= 0
     assert [s for s, _ in res["noise_rate"]] and all(0 <= v <= 1 for _, v in res["noise_rate"])
+    assert res["scoring_token_forwards"] > 0 and res["training_tokens"] > 0
+    assert res["work_ratio"] == pytest.approx(res["scoring_token_forwards"] / (3 * res["training_tokens"]))
 
 
 def test_hf_pair_trains_the_same_steps_and_scores_at_every_evaluation(tmp_path):
@@ -29,6 +31,7 @@ def test_hf_pair_trains_the_same_steps_and_scores_at_every_evaluation(tmp_path):
     assert res["framework"] == "hf" and res["steps"] == 4
     _check(res, scorings=2)
     assert [s for s, _ in res["noise_rate"]] == [2, 4]
+    assert res["training_tokens"] == 4 * 4 * 64  # steps x batch x block
 
 
 def test_lightning_pair_scores_once_per_epoch(tmp_path):

@@ -251,7 +251,8 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         self.log_dir = os.fspath(log_dir) if log_dir is not None else None
         self.plots = bool(plots)
         self.failures: list[dict] = []
-        #: ``{"step", "event", "score_s", "log_s"}`` of every scoring by this process (as the Lightning callback's).
+        #: ``{"step", "event", "score_s", "log_s", "token_forwards"}`` of every scoring by this process
+        #: (as the Lightning callback's).
         self.timings: list[dict] = []
         self.last_report: Optional[Report] = None
         self._eval_round: tuple[Optional[int], set] = (None, set())
@@ -505,7 +506,8 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         if self._is_zero:
             self._log(report, step, entry)
         self.timings.append({"step": step, "event": event, "score_s": score_s,
-                             "log_s": time.perf_counter() - started})
+                             "log_s": time.perf_counter() - started,
+                             "token_forwards": int(report.meta.get("token_forwards", 0))})
         return entry
 
     # ------------------------------------------------------------------ sinks

@@ -303,7 +303,7 @@ class ProbAttrCallback(Callback):
         self._attempted: set[int] = set()
         #: ``{"step", "event", "error"}`` of every scoring that failed (warned; training went on).
         self.failures: list[dict] = []
-        #: ``{"step", "event", "score_s", "log_s"}`` of every scoring by this process.
+        #: ``{"step", "event", "score_s", "log_s", "token_forwards"}`` of every scoring by this process.
         self.timings: list[dict] = []
         #: The last report built (on every rank).
         self.last_report: Optional[Report] = None
@@ -535,7 +535,8 @@ class ProbAttrCallback(Callback):
             warn_incomplete_scoring(self.failures, entry, event, len(self.monitor.probe_set))
             self._gates.hold(trainer, self.monitor.prefix, logged_keys(self.monitor.prefix))
         self.timings.append({"step": step, "event": event, "score_s": score_s,
-                             "log_s": time.perf_counter() - started})
+                             "log_s": time.perf_counter() - started,
+                             "token_forwards": int(report.meta.get("token_forwards", 0))})
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._gates.release()
