@@ -103,6 +103,9 @@ def test_prefix_surprisal_does_not_read_the_response(trained):
     assert {(s.metric, s.max_new_tokens) for s in summary.metrics} == {(k, m) for k in rl.METRICS for m in LENGTHS}
     text = rl.render_markdown([summary], reference=20)
     assert "### grammar.scratch.s0" in text and "| `mean_surprisal_prefix` | 5 |" in text
+    compact = rl.render_compact([summary], reference=20).splitlines()
+    assert len(compact) == 2 + len(rl.METRICS) and "ρ with excess loss, m = 5 / 20" in compact[0]
+    assert compact[2].startswith("| grammar.scratch.s0 | `noise_rate` |")
 
 
 def test_resume_skips_recorded_work_and_rescores_changed_settings(trained, monkeypatch, tmp_path, language):

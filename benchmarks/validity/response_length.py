@@ -487,6 +487,25 @@ def render_markdown(summaries: Sequence[RunLengthSummary], reference: int = REFE
     return "\n".join(parts)
 
 
+def render_compact(summaries: Sequence[RunLengthSummary], reference: int = REFERENCE_LENGTH) -> str:
+    """One row per run and metric, the lengths side by side (the intervals are in :func:`render_markdown`)."""
+    if not summaries:
+        return ""
+    lens = sorted({s.max_new_tokens for r in summaries for s in r.metrics})
+    others = [m for m in lens if m != reference]
+    all_m, other_m = " / ".join(map(str, lens)), " / ".join(map(str, others))
+    lines = [f"| run | metric | ρ with excess loss, m = {all_m} | τ vs m={reference}, m = {other_m} | "
+             f"regret, m = {all_m} | max \\|Δ\\| vs m={reference}, m = {other_m} |", "|---" * 6 + "|"]
+    for r in summaries:
+        for name in METRICS:
+            at = {s.max_new_tokens: s for s in r.metrics if s.metric == name}
+            lines.append(f"| {r.run} | `{name}` | " + " / ".join(_f(at[m].spearman) for m in lens) + " | "
+                         + " / ".join(_f(at[m].kendall_vs_reference) for m in others) + " | "
+                         + " / ".join(_f(at[m].regret) for m in lens) + " | "
+                         + " / ".join(_g(at[m].max_abs_change) for m in others) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_dict(summaries: Sequence[RunLengthSummary], lengths: Sequence[int], reference: int) -> dict:
     """The JSON summary: settings and every run's measures."""
     return {"lengths": [int(m) for m in lengths], "reference": int(reference), "metrics": list(METRICS),
@@ -536,7 +555,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "summary.json",
                       json.dumps(summary_dict(summaries, lengths, REFERENCE_LENGTH), indent=1, allow_nan=True))
-    text = render_markdown(summaries)
+    text = ("## All runs\n\n" + render_compact(summaries) + "\n## Per run\n\n" + render_markdown(summaries))
     atomic_write_text(args.out / "summary.md", text)
     print(text)
     return 0
