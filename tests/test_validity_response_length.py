@@ -106,6 +106,8 @@ def test_prefix_surprisal_does_not_read_the_response(trained):
     compact = rl.render_compact([summary], reference=20).splitlines()
     assert len(compact) == 2 + len(rl.METRICS) and "ρ with excess loss, m = 5 / 20" in compact[0]
     assert compact[2].startswith("| grammar.scratch.s0 | `noise_rate` |")
+    rho = rl.render_spearman([summary]).splitlines()
+    assert len(rho) == 2 + len(rl.METRICS) and rho[0] == "| run | metric | m = 5 | m = 20 |"
 
 
 def test_resume_skips_recorded_work_and_rescores_changed_settings(trained, monkeypatch, tmp_path, language):

@@ -506,6 +506,20 @@ def render_compact(summaries: Sequence[RunLengthSummary], reference: int = REFER
     return "\n".join(lines) + "\n"
 
 
+def render_spearman(summaries: Sequence[RunLengthSummary]) -> str:
+    """Spearman ρ with the true excess loss and its 95 % interval over probes, per run, metric and length."""
+    if not summaries:
+        return ""
+    lens = sorted({s.max_new_tokens for r in summaries for s in r.metrics})
+    lines = ["| run | metric | " + " | ".join(f"m = {m}" for m in lens) + " |", "|---" * (2 + len(lens)) + "|"]
+    for r in summaries:
+        for name in METRICS:
+            at = {s.max_new_tokens: s for s in r.metrics if s.metric == name}
+            cells = [f"{_f(at[m].spearman)} [{_f(at[m].spearman_ci[0])}, {_f(at[m].spearman_ci[1])}]" for m in lens]
+            lines.append(f"| {r.run} | `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_dict(summaries: Sequence[RunLengthSummary], lengths: Sequence[int], reference: int) -> dict:
     """The JSON summary: settings and every run's measures."""
     return {"lengths": [int(m) for m in lengths], "reference": int(reference), "metrics": list(METRICS),
@@ -555,7 +569,9 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "summary.json",
                       json.dumps(summary_dict(summaries, lengths, REFERENCE_LENGTH), indent=1, allow_nan=True))
-    text = ("## All runs\n\n" + render_compact(summaries) + "\n## Per run\n\n" + render_markdown(summaries))
+    text = ("## All runs\n\n" + render_compact(summaries)
+            + "\n## Spearman with the true excess loss, 95 % interval over probes\n\n" + render_spearman(summaries)
+            + "\n## Per run\n\n" + render_markdown(summaries))
     atomic_write_text(args.out / "summary.md", text)
     print(text)
     return 0
