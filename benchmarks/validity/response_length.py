@@ -111,9 +111,16 @@ METRICS = ("noise_rate", "near_zero_rate", "mean_entropy_full", "mean_surprisal_
 #: The metric that by construction does not read the response.
 PREFIX_METRIC = "mean_surprisal_prefix"
 
+
 def plan(quick: bool = False) -> list[RunSpec]:
-    """The study's runs, in order: the main study's ``--quick`` grammar run, then (unless ``quick``)
-    its ``hmm-mid.scratch.s0`` and ``grammar.overfit.s0`` runs, with the main study's settings."""
+    """The study's runs, with the main study's settings (:func:`benchmarks.validity.__main__.plan`).
+
+    Parameters
+    ----------
+    quick : bool
+        Only the main study's ``--quick`` grammar run; otherwise also its
+        ``hmm-mid.scratch.s0`` and ``grammar.overfit.s0`` runs.
+    """
     specs = list(study_plan(True, 1))
     if quick:
         return specs
