@@ -54,7 +54,8 @@ took about 20 minutes of wall time in one process with ``--threads 1`` on a
 resumes: a run with a ``record.json`` is not trained again, a recorded
 ``(step, m)`` (``<run>/lengths/step-XXXXXXXX.m-NNN.json``, same settings and
 probes) is not scored again. The outputs are ``<out>/summary.json`` and
-``<out>/summary.md``.
+``<out>/summary.md`` (``summary-quick.*`` with ``--quick``, which shares the
+grammar run's directory and leaves the full summary alone).
 
 Caveat: the models are trained on 48-token sequences (positions 0-47). The
 prompt holds 13 tokens with the start token, so at ``m = 40`` the response
@@ -575,12 +576,13 @@ def main(argv=None) -> int:
         except ValueError as err:
             logger.warning("%s: not summarised (%s)", spec.name, err)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "summary.json",
+    stem = "summary-quick" if args.quick else "summary"
+    atomic_write_text(args.out / f"{stem}.json",
                       json.dumps(summary_dict(summaries, lengths, REFERENCE_LENGTH), indent=1, allow_nan=True))
     text = ("## All runs\n\n" + render_compact(summaries)
             + "\n## Spearman with the true excess loss, 95 % interval over probes\n\n" + render_spearman(summaries)
             + "\n## Per run\n\n" + render_markdown(summaries))
-    atomic_write_text(args.out / "summary.md", text)
+    atomic_write_text(args.out / f"{stem}.md", text)
     print(text)
     return 0
 
