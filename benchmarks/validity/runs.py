@@ -33,6 +33,10 @@ Regimes (:data:`REGIMES`):
 
 A run writes ``record.json`` (its checkpoints' ground truth) and, through the
 callback's file sink, one report per scoring; a finished run is not re-run.
+With ``keep_checkpoints=True`` it also saves the weights of every scored
+checkpoint (``checkpoints/step-XXXXXXXX.pt``, :func:`checkpoint_path`), so
+that they can be scored again with other settings
+(:mod:`benchmarks.validity.response_length`).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import torch
 from benchmarks.validity import english
 from benchmarks.validity.languages import Language, narrow_language
 from benchmarks.validity.truth import word_tokenizer
-from probattr_monitor.io_utils import atomic_write_text
+from probattr_monitor.io_utils import atomic_write, atomic_write_text
 from probattr_monitor.monitor.schedule import Schedule
 from probattr_monitor.probes import ProbeSet
 
@@ -202,11 +206,38 @@ def mean_nll(model: torch.nn.Module, ids: torch.Tensor, batch: int = 250) -> tor
     return torch.cat(out)
 
 
+def checkpoint_path(out_dir: Path, step: int) -> Path:
+    """Where :func:`run_one` with ``keep_checkpoints=True`` saves the weights scored at ``step``."""
+    return Path(out_dir) / "checkpoints" / f"step-{int(step):08d}.pt"
+
+
+def checkpoint_model(spec: RunSpec, vocab_size: int, path: Path) -> torch.nn.Module:
+    """The run's GPT-2 with the weights saved at ``path``, in eval mode (the global RNG left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        model = _tiny_gpt2(vocab_size, spec)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
+
+
 def run_one(spec: RunSpec, language: Optional[Language], out_dir: Path, *,
-            pretrained: Optional[Path] = None) -> RunRecord:
+            pretrained: Optional[Path] = None, keep_checkpoints: bool = False) -> RunRecord:
     """Train one run with the callback attached; return (and write) its record.
 
-    ``language`` is the synthetic language of the run (None for ``english``).
+    Parameters
+    ----------
+    spec : RunSpec
+        The run.
+    language : Language or None
+        The synthetic language of the run (None for ``english``).
+    out_dir : Path
+        The run's directory: ``record.json``, ``reports/``, ``final.pt``.
+    pretrained : Path, optional
+        Weights to start from (the ``forget`` regime).
+    keep_checkpoints : bool
+        Also save a CPU copy of the weights at every scored step, at
+        :func:`checkpoint_path`, taken at the same point as the step's ground
+        truth (after its optimizer step). Off by default; the record and the
+        reports are the same either way.
     """
     import time
 
@@ -258,6 +289,9 @@ def run_one(spec: RunSpec, language: Optional[Language], out_dir: Path, *,
                 step=int(step), excess_loss=float(diff.mean()), excess_loss_se=_se(diff),
                 model_nll=float(nll.mean()), val_loss=float(mean_nll(pl_module.model, val).mean()),
                 train_loss=pl_module.last_loss, model_nll_se=_se(nll.numpy()))))
+            if keep_checkpoints:
+                state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
+                atomic_write(checkpoint_path(out_dir, step), lambda p: torch.save(state, p))
 
     monitor = ProbAttrMonitor(data.probes, tokenizer=data.tokenizer, schedule=StepListSchedule(spec.score_at))
     callback = ProbAttrCallback(monitor, wandb=False, log_dir=out_dir / "reports", log_plots=False,
