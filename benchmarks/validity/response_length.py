@@ -48,9 +48,8 @@ Plan (:func:`plan`), three runs with the main study's own settings (so their
 Re-scoring at ``m`` costs ``|V| * sum_k (n + m - k - 1)`` token-forwards per
 probe of ``n`` tokens (``|V|`` = 41-42, ``n`` = 13 with the start token), so
 the four lengths together cost about 3.8 times the training-time scoring at
-20: 32 checkpoints, 1,040 probe scorings per length in all. The whole plan
-took about 20 minutes of wall time in one process with ``--threads 1`` on a
-2-core machine shared with another job (planned for 30-40). Every stage
+20: 32 checkpoints, 1,040 probe scorings per length in all (its run time
+was measured only on a shared machine, so none is given). Every stage
 resumes: a run with a ``record.json`` is not trained again, a recorded
 ``(step, m)`` (``<run>/lengths/step-XXXXXXXX.m-NNN.json``, same settings and
 probes) is not scored again. The outputs are ``<out>/summary.json`` and
