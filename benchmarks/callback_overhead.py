@@ -53,6 +53,13 @@ def _load_example(name: str) -> Any:
     return module
 
 
+def _offline_wandb(wanted: bool) -> bool:
+    """Whether both runs log to W&B: ``wanted`` and wandb installed; W&B is set offline and silent either way."""
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return wanted and importlib.util.find_spec("wandb") is not None
+
+
 # --------------------------------------------------------------------------- Lightning
 
 
@@ -64,14 +71,9 @@ def lightning_overhead(*, epochs: int = 4, n_train: int = 6_000, every_n_steps: 
 
     ex = _load_example("lightning_train")
     workdir = Path(workdir or tempfile.mkdtemp(prefix="probattr-overhead-"))
+    use_wandb = _offline_wandb(use_wandb)
     if use_wandb:
-        try:
-            import wandb  # noqa: F401
-            from lightning.pytorch.loggers import WandbLogger
-        except ImportError:
-            use_wandb = False
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
+        from lightning.pytorch.loggers import WandbLogger
 
     def run(with_callback: bool) -> dict[str, Any]:
         out = workdir / ("with" if with_callback else "without")
@@ -120,17 +122,9 @@ def hf_overhead(*, max_steps: int = 300, eval_steps: int = 50, batch_size: int =
 
     ex = _load_example("hf_trainer_train")
     workdir = Path(workdir or tempfile.mkdtemp(prefix="probattr-overhead-hf-"))
-    if use_wandb:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            use_wandb = False
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
+    use_wandb = _offline_wandb(use_wandb)
 
     def run(with_callback: bool) -> dict[str, Any]:
-        import wandb
-
         out = workdir / ("with" if with_callback else "without")
         out.mkdir(parents=True, exist_ok=True)
         os.environ["WANDB_DIR"] = str(out)
@@ -143,8 +137,11 @@ def hf_overhead(*, max_steps: int = 300, eval_steps: int = 50, batch_size: int =
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-        if use_wandb and wandb.run is not None:
-            wandb.finish()
+        if use_wandb:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
         result: dict[str, Any] = {"seconds": seconds, "steps": trainer.state.global_step,
                                   "training_tokens": trainer.state.global_step * batch_size * ex.BLOCK}
         if with_callback:
