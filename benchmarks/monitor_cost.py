@@ -13,6 +13,10 @@ default :class:`~probattr_monitor.scoring.ScoringConfig` (budgeted estimator,
 * wall time of scoring (response generation included) and the suffix-token
   throughput.
 
+After them it replays ``Budget()`` and the ladder's first stage on the stored
+full-vocabulary fixtures (``tests/fixtures/full_vocab``, seconds, no model):
+their accuracy over all 49,152 ids, which the timed probes cannot check.
+
 The totals are extrapolated to the whole probe set: the budgeted cost of a
 position is about a constant (the screen) plus a multiple of its suffix length,
 both fitted on the scored probes; the set's prompt lengths come from rendering
@@ -31,12 +35,13 @@ Two further modes (no model needed for the first, seconds):
   position), the Hájek noise rate's p95 error against the full table's rate
   and its CI coverage (see ``benchmarks/sampled_rates.py`` for what the replay
   approximates).
-* ``--full-vocab-fixtures DIR [--positions 12]``: score that many SmolLM2
-  positions (late positions of the first probes, short responses) exactly
-  over all 49,152 ids and with ``Budget()``, store each as a JSON fixture in
-  DIR (skipping those already there), and print p95 |ΔAS| and the share of
-  errors within two reported standard errors. About 10 minutes per position on
-  2 idle cores; replays in seconds once stored.
+* ``--full-vocab-fixtures DIR [--positions 12]``: ``benchmarks/full_vocab.py``:
+  score that many SmolLM2 positions (late positions of probes spread over the
+  set, short responses) exactly over all 49,152 ids, store what the
+  estimator reads as fixtures in DIR (skipping those already there), and
+  replay ``Budget()`` on them over 20 seeds: p95 |ΔAS| and the share of errors
+  within two reported standard errors. About 10 minutes per missing position
+  on 2 idle cores; seconds once stored (``tests/fixtures/full_vocab``).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import argparse
 import json
 import platform
 import time
+from typing import Optional
 
 import numpy as np
 import torch
@@ -52,6 +58,7 @@ import torch
 from probattr_monitor.io_utils import atomic_write_text
 from probattr_monitor.models import load_model_and_tokenizer
 from probattr_monitor.probes import load_probe_set, render
+from probattr_monitor.engine import Budget
 from probattr_monitor.engine.sequential import SequentialBudget
 from probattr_monitor.scoring import ScoringConfig, build_report, score_probe
 
@@ -76,9 +83,9 @@ def main(argv=None) -> None:
         replay_report(args.replay_report, args.share, args.seeds)
         return
     if args.full_vocab_fixtures:
-        from benchmarks.full_vocab import run_full_vocab
+        from benchmarks import full_vocab
 
-        run_full_vocab(args.full_vocab_fixtures, args.positions, args.set)
+        full_vocab.main(["--out", args.full_vocab_fixtures, "--positions", str(args.positions), "--set", args.set])
         return
 
     model, tok = load_model_and_tokenizer("smollm2")
@@ -106,8 +113,32 @@ def main(argv=None) -> None:
         summary["seconds_ratio"] = before["set_seconds_estimate"] / after["set_seconds_estimate"]
         print(f"sequential against the default: {summary['token_forwards_ratio']:.1f}x fewer token-forwards, "
               f"{summary['seconds_ratio']:.1f}x less time (same process, same probes)")
+    summary["full_vocabulary"] = full_vocabulary_check()
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))
+
+
+def full_vocabulary_check(seeds: int = 20) -> Optional[dict]:
+    """Budget() and the sequential ladder's first stage replayed on the stored full-vocabulary fixtures.
+
+    Seconds, no model: ``tests/fixtures/full_vocab`` holds SmolLM2 positions scored
+    exactly over all 49,152 ids (``benchmarks/full_vocab.py``). ``None`` without them.
+    """
+    from benchmarks import full_vocab
+
+    fixtures = full_vocab.load_fixtures(full_vocab.FIXTURE_DIR)
+    if not fixtures:
+        return None
+    first = SequentialBudget().stages[0]
+    out = {name: full_vocab.check(fixtures, budget, seeds)
+           for name, budget in (("Budget() (default)", Budget()), ("sequential first stage", first))}
+    print(f"\nover the whole 49,152-id vocabulary ({len(fixtures)} stored SmolLM2 positions, {seeds} seeds; "
+          f"benchmarks/full_vocab.py):")
+    print(f"{'budget':<24} {'p95 |dAS|':>10} {'within 2 SE':>12} {'flag agreement':>15} {'exact/budget':>13}")
+    for name, r in out.items():
+        print(f"{name:<24} {r['abs_dAS_p95']:>10.4f} {r['within_2se_AS']:>12.3f} {r['noise_flag_agreement']:>15.3f} "
+              f"{r['exact_token_forwards_per_position'] / r['token_forwards_per_position']:>12.0f}x")
+    return out
 
 
 def cost_of(model, tok, probes, config: ScoringConfig, n_probes: int, name: str) -> dict:

@@ -139,17 +139,6 @@ def test_hajek_mean_bias_small_by_enumeration_and_coverage_by_simulation():
         hajek_mean([], [])
 
 
-def test_full_vocab_fixture_matches_exact_where_the_budget_covers_the_vocabulary(tmp_path):
-    from benchmarks.full_vocab import _fixture
-    from helpers.models import tiny_gpt2
-
-    model = tiny_gpt2(64, 0)
-    fx = _fixture(model, [1, 5, 9, 12, 3], [7, 8], 3, "p")
-    assert fx["position"] == 3 and fx["exact_token_forwards"] > 0
-    # Budget() covers a 64-id vocabulary: the budgeted estimate is exact scoring
-    assert fx["budgeted_as"] == pytest.approx(fx["exact_as"], abs=1e-9)
-
-
 def test_monitor_cost_replays_a_saved_report_side_by_side(tmp_path, capsys):
     from benchmarks.monitor_cost import main
     from helpers.lit import PROBES, word_tokenizer
