@@ -60,6 +60,16 @@ def _offline_wandb(wanted: bool) -> bool:
     return wanted and importlib.util.find_spec("wandb") is not None
 
 
+def _run_result(seconds: float, steps: int, training_tokens: int, callbacks: list) -> dict[str, Any]:
+    """One run's figures; with the callback (``callbacks[0]``), its timings and noise rate per scoring."""
+    result: dict[str, Any] = {"seconds": seconds, "steps": steps, "training_tokens": training_tokens}
+    if callbacks:
+        cb = callbacks[0]
+        result["scorings"] = [dict(t) for t in cb.timings]
+        result["noise_rate"] = [(h.step, h.scalars.get("probattr/noise_rate", float("nan"))) for h in cb.history]
+    return result
+
+
 # --------------------------------------------------------------------------- Lightning
 
 
@@ -92,13 +102,7 @@ def lightning_overhead(*, epochs: int = 4, n_train: int = 6_000, every_n_steps: 
         if use_wandb:
             loggers[0].experiment.finish()
         ids = module.train_data[0]  # padded to the longest sentence: every row is fed whole
-        result: dict[str, Any] = {"seconds": seconds, "steps": trainer.global_step,
-                                  "training_tokens": int(ids.numel()) * epochs}
-        if with_callback:
-            cb = callbacks[0]
-            result["scorings"] = [dict(t) for t in cb.timings]
-            result["noise_rate"] = [(h.step, h.scalars.get("probattr/noise_rate", float("nan"))) for h in cb.history]
-        return result
+        return _run_result(seconds, trainer.global_step, int(ids.numel()) * epochs, callbacks)
 
     without = run(False)
     with_cb = run(True)
@@ -142,13 +146,8 @@ def hf_overhead(*, max_steps: int = 300, eval_steps: int = 50, batch_size: int =
 
             if wandb.run is not None:
                 wandb.finish()
-        result: dict[str, Any] = {"seconds": seconds, "steps": trainer.state.global_step,
-                                  "training_tokens": trainer.state.global_step * batch_size * ex.BLOCK}
-        if with_callback:
-            cb = callbacks[0]
-            result["scorings"] = [dict(t) for t in cb.timings]
-            result["noise_rate"] = [(h.step, h.scalars.get("probattr/noise_rate", float("nan"))) for h in cb.history]
-        return result
+        steps = trainer.state.global_step
+        return _run_result(seconds, steps, steps * batch_size * ex.BLOCK, callbacks)
 
     without = run(False)
     with_cb = run(True)

@@ -39,6 +39,15 @@ def english_spec(seed: int, steps: int = ENGLISH_STEPS, score_at=ENGLISH_SCORE_A
                    train_stride=(SEQ_LEN - 1) // 2)
 
 
+def setup_process(threads) -> None:
+    """What a study's command line sets once: progress logging (Lightning's and ours quieter) and torch threads."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for name in ("lightning", "lightning.pytorch", "probattr_monitor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def languages():
     return {lang.name: lang for lang in hmm_levels() + [grammar_language()]}
 
@@ -71,11 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--analyse-only", action="store_true", help="measure the runs already recorded")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in ("lightning", "lightning.pytorch", "probattr_monitor"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_process(args.threads)
     langs = languages()
     out = args.out / ("quick" if args.quick else "full")
     started = time.perf_counter()

@@ -75,7 +75,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from benchmarks.validity.__main__ import languages
+from benchmarks.validity.__main__ import languages, setup_process
 from benchmarks.validity.__main__ import plan as study_plan
 from benchmarks.validity.analysis import bootstrap_spearman_ci, gate_pick, kendall, regret, spearman
 from benchmarks.validity.languages import Language
@@ -546,11 +546,7 @@ def main(argv=None) -> int:
     ap.add_argument("--analyse-only", action="store_true", help="summarise the scorings already recorded")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in ("lightning", "lightning.pytorch", "probattr_monitor"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_process(args.threads)
     lengths = sorted({int(x) for x in args.lengths.split(",")})
     if REFERENCE_LENGTH not in lengths:
         ap.error(f"--lengths must include the reference {REFERENCE_LENGTH}")
