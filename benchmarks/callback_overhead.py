@@ -159,6 +159,7 @@ def summarise(framework: str, schedule: str, epochs: Optional[int], with_cb: dic
               extra: dict) -> dict[str, Any]:
     """The figures of one framework's pair of runs (see the module docstring)."""
     spent = sum(t["score_s"] + t["log_s"] for t in with_cb["scorings"])
+    work = sum(int(t.get("token_forwards", 0)) for t in with_cb["scorings"])
     n = max(1, len(with_cb["scorings"]))
     return {
         "framework": framework, "schedule": schedule, "epochs": epochs, "steps": with_cb["steps"],
@@ -169,11 +170,10 @@ def summarise(framework: str, schedule: str, epochs: Optional[int], with_cb: dic
         "n_scorings": len(with_cb["scorings"]),
         "score_s_per_scoring": sum(t["score_s"] for t in with_cb["scorings"]) / n,
         "log_s_per_scoring": sum(t["log_s"] for t in with_cb["scorings"]) / n,
-        "scoring_token_forwards": sum(int(t.get("token_forwards", 0)) for t in with_cb["scorings"]),
+        "scoring_token_forwards": work,
         "training_tokens": with_cb["training_tokens"],
         # work, not time: a training token costs about three forward tokens (forward and backward)
-        "work_ratio": sum(int(t.get("token_forwards", 0)) for t in with_cb["scorings"])
-        / (3 * max(1, with_cb["training_tokens"])),
+        "work_ratio": work / (3 * max(1, with_cb["training_tokens"])),
         "noise_rate": with_cb["noise_rate"],
     }
 
@@ -214,11 +214,12 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     names = sorted(FRAMEWORKS) if args.framework == "all" else [args.framework]
     results = []
     for name in names:
-        kwargs: dict[str, Any] = {"epochs": args.epochs}
         if name == "lightning":
-            kwargs.update(n_train=args.n_train, every_n_steps=args.every_n_steps, use_wandb=not args.no_wandb)
+            kwargs: dict[str, Any] = {"epochs": args.epochs, "n_train": args.n_train,
+                                      "every_n_steps": args.every_n_steps}
         else:
-            kwargs = {"max_steps": args.max_steps, "eval_steps": args.eval_steps, "use_wandb": not args.no_wandb}
+            kwargs = {"max_steps": args.max_steps, "eval_steps": args.eval_steps}
+        kwargs["use_wandb"] = not args.no_wandb
         res = FRAMEWORKS[name](**kwargs)
         _print(res)
         results.append(res)

@@ -18,8 +18,9 @@ in seconds, with no model:
 Arrays are float32 (about 1 MB per position, compressed); the exact reference
 is recomputed from the stored ``a`` and ``b``, so replay and reference see the
 same numbers. Positions are late (the last or second-to-last prompt token)
-and responses short (``--max-new-tokens``, default 5), so that each exact
-scoring stays near ten minutes on 2 CPU cores.
+and responses short (``--max-new-tokens``, default 2: the stored set was
+scored with 2, its first position with 5), so that each exact scoring stays
+within a few minutes on 2 CPU cores.
 
 Run::
 
@@ -252,7 +253,7 @@ def choose(probe_count: int, n_positions: int) -> list[tuple[int, int]]:
     return out
 
 
-def run_full_vocab(directory, n_positions: int, probe_set: str = "reasonable-en", max_new_tokens: int = 5) -> list:
+def run_full_vocab(directory, n_positions: int, probe_set: str = "reasonable-en", max_new_tokens: int = 2) -> list:
     """Score the fixtures missing in ``directory`` (``position-XX.npz``) and return them all."""
     from probattr_monitor.engine.text import make_response
     from probattr_monitor.models import load_model_and_tokenizer
@@ -310,7 +311,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=str(FIXTURE_DIR), help="fixture directory (default: %(default)s)")
     parser.add_argument("--positions", type=int, default=12, help="positions to have scored")
     parser.add_argument("--set", default="reasonable-en", help="probe set (default: %(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, default=5, help="greedy response length (default: 5)")
+    parser.add_argument("--max-new-tokens", type=int, default=2, help="greedy response length (default: 2)")
     parser.add_argument("--check", action="store_true", help="replay the stored fixtures only; score nothing")
     parser.add_argument("--variants", action="store_true",
                         help="also replay the cheaper budgets of VARIANTS side by side (Markdown table)")

@@ -40,8 +40,8 @@ Two further modes (no model needed for the first, seconds):
   set, short responses) exactly over all 49,152 ids, store what the
   estimator reads as fixtures in DIR (skipping those already there), and
   replay ``Budget()`` on them over 20 seeds: p95 |ΔAS| and the share of errors
-  within two reported standard errors. About 10 minutes per missing position
-  on 2 idle cores; seconds once stored (``tests/fixtures/full_vocab``).
+  within two reported standard errors. A few minutes per missing position on
+  2 idle cores; seconds once stored (``tests/fixtures/full_vocab``).
 """
 
 from __future__ import annotations

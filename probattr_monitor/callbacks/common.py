@@ -114,6 +114,16 @@ def trial_forward(model: torch.nn.Module, tokenizer: Any) -> Optional[str]:
     return None
 
 
+def record_timing(timings: list, step: int, event: str, score_s: float, log_s: float, report: Report) -> None:
+    """Append ``{"step", "event", "score_s", "log_s", "token_forwards"}`` of one scoring to ``timings``.
+
+    ``token_forwards`` is the report's own count (``report.meta``): the
+    scoring's forward work, comparable with the training's tokens.
+    """
+    timings.append({"step": step, "event": event, "score_s": score_s, "log_s": log_s,
+                    "token_forwards": int(report.meta.get("token_forwards", 0))})
+
+
 def record_scoring_failure(failures: list, step: int, event: str, err: BaseException) -> None:
     """Append ``{"step", "event", "error"}`` to ``failures`` and warn (from rank 0) that training goes on."""
     error = f"{type(err).__name__}: {err}"

@@ -115,6 +115,7 @@ from probattr_monitor.callbacks.common import (
     check_monitor,
     failed_report,
     record_scoring_failure,
+    record_timing,
     trial_forward,
     wandb_run_for,
     warn_incomplete_scoring,
@@ -505,9 +506,7 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         started = time.perf_counter()
         if self._is_zero:
             self._log(report, step, entry)
-        self.timings.append({"step": step, "event": event, "score_s": score_s,
-                             "log_s": time.perf_counter() - started,
-                             "token_forwards": int(report.meta.get("token_forwards", 0))})
+        record_timing(self.timings, step, event, score_s, time.perf_counter() - started, report)
         return entry
 
     # ------------------------------------------------------------------ sinks

@@ -31,6 +31,7 @@ from probattr_monitor.callbacks.common import (
     check_monitor,
     failed_report,
     record_scoring_failure,
+    record_timing,
     require_wandb,
     wandb_run_for,
     warn_incomplete_scoring,
@@ -534,9 +535,7 @@ class ProbAttrCallback(Callback):
         else:  # nothing comparable to gate on: log nothing, hold the gates until the next scoring
             warn_incomplete_scoring(self.failures, entry, event, len(self.monitor.probe_set))
             self._gates.hold(trainer, self.monitor.prefix, logged_keys(self.monitor.prefix))
-        self.timings.append({"step": step, "event": event, "score_s": score_s,
-                             "log_s": time.perf_counter() - started,
-                             "token_forwards": int(report.meta.get("token_forwards", 0))})
+        record_timing(self.timings, step, event, score_s, time.perf_counter() - started, report)
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._gates.release()
