@@ -1,8 +1,9 @@
 """Overhead of the training callbacks as a share of training time (benchmark script, not a test).
 
 One function per framework; each trains the corresponding example's model
-twice with the same seed and settings, once without and once with the
-callback on the example's default schedule, and reports
+with the same seed and settings, once without the callback and once with it
+per ``attribution_every`` setting compared (the example's default schedule),
+and reports for each
 
 * ``wall``: ``(t_with - t_without) / t_without`` from the two wall-clock times
   (noisy on a shared machine);
@@ -21,6 +22,7 @@ Run::
     python benchmarks/callback_overhead.py --framework lightning --epochs 1 --threads 2 --json out.json
     python benchmarks/callback_overhead.py --framework hf --threads 1     # examples/hf_trainer_train.py's defaults
     python benchmarks/callback_overhead.py --framework all --threads 2    # both, one after the other
+    python benchmarks/callback_overhead.py --framework lightning --attribution-every auto 1 none   # settings side by side
 
 Both runs use the same loggers (W&B offline when installed, and CSV), so the
 difference is the callback alone.
@@ -37,7 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -61,12 +63,16 @@ def _offline_wandb(wanted: bool) -> bool:
 
 
 def _run_result(seconds: float, steps: int, training_tokens: int, callbacks: list) -> dict[str, Any]:
-    """One run's figures; with the callback (``callbacks[0]``), its timings and noise rate per scoring."""
+    """One run's figures; with the callback (``callbacks[0]``), its timings, scopes, gate and noise rate per scoring."""
     result: dict[str, Any] = {"seconds": seconds, "steps": steps, "training_tokens": training_tokens}
     if callbacks:
         cb = callbacks[0]
-        result["scorings"] = [dict(t) for t in cb.timings]
-        result["noise_rate"] = [(h.step, h.scalars.get("probattr/noise_rate", float("nan"))) for h in cb.history]
+        scope = {h.step: h.scope for h in cb.history}
+        result["scorings"] = [dict(t, scope=scope.get(t["step"])) for t in cb.timings]
+        result["gate"] = [(h.step, h.value) for h in cb.history]
+        # attribution scorings only: a gate scoring has no noise rate
+        result["noise_rate"] = [(h.step, h.scalars["probattr/noise_rate"]) for h in cb.history
+                                if "probattr/noise_rate" in h.scalars]
     return result
 
 
@@ -74,8 +80,14 @@ def _run_result(seconds: float, steps: int, training_tokens: int, callbacks: lis
 
 
 def lightning_overhead(*, epochs: int = 4, n_train: int = 6_000, every_n_steps: Optional[int] = None,
-                       use_wandb: bool = True, workdir: Optional[Path] = None) -> dict[str, Any]:
-    """Train ``examples/lightning_train.py``'s model with and without ProbAttrCallback."""
+                       use_wandb: bool = True, workdir: Optional[Path] = None,
+                       attribution_every: Sequence[Any] = ("auto",)) -> list[dict[str, Any]]:
+    """Train ``examples/lightning_train.py``'s model without ProbAttrCallback, then with it once per setting.
+
+    ``attribution_every``: the callback's settings to compare (``"auto"``, the
+    example's default; ``1``: every scoring attributes); one summary each,
+    against the same run without the callback.
+    """
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
@@ -85,14 +97,14 @@ def lightning_overhead(*, epochs: int = 4, n_train: int = 6_000, every_n_steps: 
     if use_wandb:
         from lightning.pytorch.loggers import WandbLogger
 
-    def run(with_callback: bool) -> dict[str, Any]:
-        out = workdir / ("with" if with_callback else "without")
+    def run(setting: Any) -> dict[str, Any]:
+        out = workdir / ("without" if setting is None else f"with-{setting}")
         module, _tok, probes = ex.build(out, n_train=n_train)
         loggers: list = [CSVLogger(out, name="csv")]
         if use_wandb:
             loggers.insert(0, WandbLogger(project="probattr-overhead", save_dir=str(out), offline=True))
-        callbacks = [ex.make_callback(probes, every_n_steps=every_n_steps, wandb="auto" if use_wandb else False)] \
-            if with_callback else []
+        callbacks = [ex.make_callback(probes, every_n_steps=every_n_steps, wandb="auto" if use_wandb else False,
+                                      attribution_every=_value(setting))] if setting is not None else []
         trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=loggers, callbacks=callbacks,
                              log_every_n_steps=20, enable_model_summary=False, enable_progress_bar=False,
                              enable_checkpointing=False, default_root_dir=out)
@@ -104,18 +116,19 @@ def lightning_overhead(*, epochs: int = 4, n_train: int = 6_000, every_n_steps: 
         ids = module.train_data[0]  # padded to the longest sentence: every row is fed whole
         return _run_result(seconds, trainer.global_step, int(ids.numel()) * epochs, callbacks)
 
-    without = run(False)
-    with_cb = run(True)
+    without = run(None)
     schedule = "every validation end (once per epoch)" + (f" + every {every_n_steps} steps" if every_n_steps else "")
-    return summarise("lightning", schedule, epochs, with_cb, without, {"n_train": n_train, "use_wandb": use_wandb})
+    return [summarise("lightning", schedule, epochs, run(setting), without,
+                      {"n_train": n_train, "use_wandb": use_wandb, "attribution_every": setting})
+            for setting in attribution_every]
 
 
 # --------------------------------------------------------------------------- HF Trainer
 
 
 def hf_overhead(*, max_steps: int = 300, eval_steps: int = 50, batch_size: int = 16, use_wandb: bool = True,
-                workdir: Optional[Path] = None) -> dict[str, Any]:
-    """Train ``examples/hf_trainer_train.py``'s model with and without ProbAttrTrainerCallback.
+                workdir: Optional[Path] = None, attribution_every: Sequence[Any] = ("auto",)) -> list[dict[str, Any]]:
+    """Train ``examples/hf_trainer_train.py``'s model without ProbAttrTrainerCallback, then with it once per setting.
 
     Both runs evaluate and save every ``eval_steps`` steps and train exactly
     ``max_steps`` steps: no early stopping and no reload of the best checkpoint
@@ -128,12 +141,13 @@ def hf_overhead(*, max_steps: int = 300, eval_steps: int = 50, batch_size: int =
     workdir = Path(workdir or tempfile.mkdtemp(prefix="probattr-overhead-hf-"))
     use_wandb = _offline_wandb(use_wandb)
 
-    def run(with_callback: bool) -> dict[str, Any]:
-        out = workdir / ("with" if with_callback else "without")
+    def run(setting: Any) -> dict[str, Any]:
+        out = workdir / ("without" if setting is None else f"with-{setting}")
         out.mkdir(parents=True, exist_ok=True)
         os.environ["WANDB_DIR"] = str(out)
         model, tokenizer, train, val, probes = ex.build(out)
-        callbacks = [ex.make_callback(probes, wandb="auto" if use_wandb else False)] if with_callback else []
+        callbacks = [ex.make_callback(probes, wandb="auto" if use_wandb else False,
+                                      attribution_every=_value(setting))] if setting is not None else []
         args = ex.training_arguments(out, max_steps=max_steps, eval_steps=eval_steps, batch_size=batch_size, seed=0,
                                      use_wandb=use_wandb, gate=False)
         trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
@@ -149,10 +163,10 @@ def hf_overhead(*, max_steps: int = 300, eval_steps: int = 50, batch_size: int =
         steps = trainer.state.global_step
         return _run_result(seconds, steps, steps * batch_size * ex.BLOCK, callbacks)
 
-    without = run(False)
-    with_cb = run(True)
-    return summarise("hf", f"every evaluation (every {eval_steps} steps)", None, with_cb, without,
-                     {"max_steps": max_steps, "use_wandb": use_wandb})
+    without = run(None)
+    return [summarise("hf", f"every evaluation (every {eval_steps} steps)", None, run(setting), without,
+                      {"max_steps": max_steps, "use_wandb": use_wandb, "attribution_every": setting})
+            for setting in attribution_every]
 
 
 def summarise(framework: str, schedule: str, epochs: Optional[int], with_cb: dict, without: dict,
@@ -161,6 +175,7 @@ def summarise(framework: str, schedule: str, epochs: Optional[int], with_cb: dic
     spent = sum(t["score_s"] + t["log_s"] for t in with_cb["scorings"])
     work = sum(int(t.get("token_forwards", 0)) for t in with_cb["scorings"])
     n = max(1, len(with_cb["scorings"]))
+    scopes = [t["scope"] for t in with_cb["scorings"]]
     return {
         "framework": framework, "schedule": schedule, "epochs": epochs, "steps": with_cb["steps"],
         "w&b": extra.get("use_wandb"), **{k: v for k, v in extra.items() if k != "use_wandb"},
@@ -168,6 +183,8 @@ def summarise(framework: str, schedule: str, epochs: Optional[int], with_cb: dic
         "wall_overhead": (with_cb["seconds"] - without["seconds"]) / without["seconds"],
         "callback_seconds": spent, "accounted_share": spent / with_cb["seconds"],
         "n_scorings": len(with_cb["scorings"]),
+        "n_attribution_scorings": scopes.count("attribution"),
+        "scopes": scopes,
         "score_s_per_scoring": sum(t["score_s"] for t in with_cb["scorings"]) / n,
         "log_s_per_scoring": sum(t["log_s"] for t in with_cb["scorings"]) / n,
         "scoring_token_forwards": work,
@@ -175,6 +192,13 @@ def summarise(framework: str, schedule: str, epochs: Optional[int], with_cb: dic
         # work, not time: a training token costs about three forward tokens (forward and backward)
         "work_ratio": work / (3 * max(1, with_cb["training_tokens"])),
         "noise_rate": with_cb["noise_rate"],
+        "gate": with_cb["gate"],
+        "per_scope": {scope: {"n": scopes.count(scope),
+                              "score_s": sum(t["score_s"] for t in with_cb["scorings"] if t["scope"] == scope),
+                              "log_s": sum(t["log_s"] for t in with_cb["scorings"] if t["scope"] == scope),
+                              "token_forwards": sum(int(t.get("token_forwards", 0)) for t in with_cb["scorings"]
+                                                    if t["scope"] == scope)}
+                      for scope in sorted(set(scopes), key=str)},
     }
 
 
@@ -184,7 +208,8 @@ FRAMEWORKS = {"lightning": lightning_overhead, "hf": hf_overhead}
 def _print(res: dict[str, Any]) -> None:
     span = f"{res['epochs']} epochs, " if res.get("epochs") else ""
     print(f"[{res['framework']}] {span}{res['steps']} optimizer steps, schedule: {res['schedule']}, "
-          f"W&B offline: {res['w&b']}")
+          f"attribution_every={res['attribution_every']!r} ({res['n_attribution_scorings']} of {res['n_scorings']} "
+          f"scorings attribute), W&B offline: {res['w&b']}")
     print(f"  training without the callback: {res['seconds_without']:.1f} s; with it: {res['seconds_with']:.1f} s "
           f"-> wall-clock overhead {100 * res['wall_overhead']:+.1f}%")
     print(f"  callback's own time: {res['callback_seconds']:.1f} s over {res['n_scorings']} scorings "
@@ -192,7 +217,24 @@ def _print(res: dict[str, Any]) -> None:
           f"= {100 * res['accounted_share']:.1f}% of the run")
     print(f"  work: {res['scoring_token_forwards']:,} scoring token-forwards against {res['training_tokens']:,} "
           f"training tokens (x3 for forward and backward) = {100 * res['work_ratio']:.1f}% of the training work")
-    print("  noise rate per scoring: " + ", ".join(f"{s}: {v:.3f}" for s, v in res["noise_rate"]))
+    for scope, part in res["per_scope"].items():
+        n = max(1, part["n"])
+        print(f"  {scope} scorings: {part['n']}, {part['score_s'] / n:.2f} s scoring + {part['log_s'] / n:.2f} s "
+              f"logging and {part['token_forwards'] / n:,.0f} token-forwards each")
+    print("  gate per scoring: " + ", ".join(f"{s}: {v:.4f}" for s, v in res["gate"]))
+    print("  noise rate per attribution scoring: " + ", ".join(f"{s}: {v:.3f}" for s, v in res["noise_rate"]))
+
+
+def _value(setting: Any) -> Any:
+    """The callback's ``attribution_every`` for a benchmark setting (``"none"``: ``None``, never in the loop)."""
+    return None if setting == "none" else setting
+
+
+def _setting(text: str) -> Any:
+    """``--attribution-every`` values: ``"auto"``, ``"none"`` (never in the loop) or a positive int."""
+    if text in ("auto", "none"):
+        return text
+    return int(text)
 
 
 def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
@@ -205,6 +247,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--eval-steps", type=int, default=50, help="HF: evaluation interval (default: the example's)")
     parser.add_argument("--no-wandb", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--attribution-every", nargs="+", default=["auto"], type=_setting,
+                        help="the callback's settings to compare, each against the same run without it: "
+                             "'auto' (the default), an int (1: attribute at every scoring) or 'none'")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -220,9 +265,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         else:
             kwargs = {"max_steps": args.max_steps, "eval_steps": args.eval_steps}
         kwargs["use_wandb"] = not args.no_wandb
-        res = FRAMEWORKS[name](**kwargs)
-        _print(res)
-        results.append(res)
+        kwargs["attribution_every"] = args.attribution_every
+        for res in FRAMEWORKS[name](**kwargs):
+            _print(res)
+            results.append(res)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
     return results

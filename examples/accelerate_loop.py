@@ -79,8 +79,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     monitor = result["monitor"]
     if result["accelerator"].is_main_process:
         for h in monitor.state.history:
-            print(f"step {h.step}: {monitor.metric}={h.value:.3f} noise_rate={h.scalars['probattr/noise_rate']:.3f} "
-                  f"({h.status}, {h.n_scored} probes)")
+            noise = h.scalars.get("probattr/noise_rate")  # absent from a gate scoring
+            print(f"step {h.step}: {monitor.metric}={h.value:.3f} "
+                  f"noise_rate={'-' if noise is None else f'{noise:.3f}'} ({h.status} {h.scope} scoring, "
+                  f"{h.n_scored} probes)")
         print(f"best by {monitor.metric}: step {monitor.state.best_step} -> {result['best_path']}")
     return result
 

@@ -137,14 +137,19 @@ def build(out: Path, seed: int = 0) -> tuple:
     return model, tokenizer, train, val, probes
 
 
-def make_callback(probes: Path | str, wandb: object = "auto"):
-    """The probattr callback as this example attaches it (default schedule: at every evaluation)."""
+def make_callback(probes: Path | str, wandb: object = "auto", attribution_every: object = "auto"):
+    """The probattr callback as this example attaches it (default schedule: at every evaluation).
+
+    The gate at every evaluation; the attribution tables at the first and every 10th ("auto",
+    docs/design.md section 10).
+    """
     from probattr_monitor.callbacks import ProbAttrTrainerCallback
     from probattr_monitor.scoring import ScoringConfig
 
     # exact attribution over the whole vocabulary; short greedy responses
     return ProbAttrTrainerCallback(probes=str(probes), scoring=ScoringConfig(candidates="all", max_new_tokens=6,
-                                                                              n_boot=200), wandb=wandb)
+                                                                              n_boot=200), wandb=wandb,
+                                   attribution_every=attribution_every)
 
 
 def training_arguments(out: Path, *, max_steps: int, eval_steps: int, batch_size: int, seed: int, use_wandb: bool,
@@ -228,8 +233,9 @@ def main(argv=None) -> int:
     for h in monitor_cb.history:
         s = h.scalars
         loss = evals.get(h.step, {}).get("eval_loss", float("nan"))
+        noise = s.get("probattr/noise_rate")  # absent from a gate scoring
         print(f"{h.step:>6} {loss:>10.4f} {s[gate]:>22.4f} [{s[gate + '_ci_low']:.3f}, {s[gate + '_ci_high']:.3f}] "
-              f"{s['probattr/noise_rate']:>11.4f} {h.seconds:>10.1f}")
+              f"{'-' if noise is None else f'{noise:.4f}':>11} {h.seconds:>10.1f}")
     print(f"\nbest checkpoint by {DEFAULT_GATE_METRIC}: {trainer.state.best_model_checkpoint} "
           f"({trainer.state.best_metric:.4f}, step {trainer.state.best_global_step})")
     if monitor_cb.failures:

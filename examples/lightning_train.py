@@ -177,12 +177,13 @@ def scoring_config():
 
 
 def make_callback(probes: Path, *, every_n_steps: Optional[int] = None, log_dir: Optional[Path] = None,
-                  wandb: Any = "auto"):
+                  wandb: Any = "auto", attribution_every: Any = "auto"):
     from probattr_monitor.callbacks import ProbAttrCallback
 
-    # default schedule: at the end of every validation (once per epoch here)
+    # default schedule: at the end of every validation (once per epoch here); the gate at every scoring,
+    # the attribution tables at the first and every 10th ("auto", docs/design.md section 10)
     return ProbAttrCallback(probes=str(probes), scoring=scoring_config(), every_n_steps=every_n_steps,
-                            wandb=wandb, log_dir=log_dir)
+                            wandb=wandb, log_dir=log_dir, attribution_every=attribution_every)
 
 
 # --------------------------------------------------------------------------- main
@@ -234,12 +235,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
     trainer.fit(module)
     total = time.perf_counter() - started
 
-    print(f"\nstep   {DEFAULT_GATE_METRIC}  (95% interval)   noise_rate  (95% interval)   probes")
+    print(f"\nstep   {DEFAULT_GATE_METRIC}  (95% interval)   noise_rate  (95% interval)   probes  scoring")
     for h in probattr.history:
         s = h.scalars
+        noise = (f"{s['probattr/noise_rate']:10.3f}  ({s['probattr/noise_rate_ci_low']:.3f}, "
+                 f"{s['probattr/noise_rate_ci_high']:.3f})" if "probattr/noise_rate" in s else f"{'-':>26}")
         print(f"{h.step:>5}  {h.value:21.3f}  ({s[gate + '_ci_low']:.3f}, {s[gate + '_ci_high']:.3f})  "
-              f"{s['probattr/noise_rate']:10.3f}  ({s['probattr/noise_rate_ci_low']:.3f}, "
-              f"{s['probattr/noise_rate_ci_high']:.3f})   {h.n_scored}")
+              f"{noise}   {h.n_scored:>6}  {h.scope}")
     responses = probattr.last_report.meta.get("responses", {}) if probattr.last_report else {}
     for pid, text in responses.items():
         print(f"  {pid:>13}: {next(p['prompt'] for p in PROBES if p['id'] == pid)!r} -> {text!r}")

@@ -76,11 +76,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     result = train(args.out, steps=args.steps, every_n_steps=args.every_n_steps, n_train=args.n_train,
                    resume=args.resume)
     monitor = result["monitor"]
-    print(f"step  {monitor.metric}  noise_rate  (95% interval)")
+    print(f"step  {monitor.metric}  noise_rate  (95% interval)  (a gate scoring has no noise rate)")
     for h in monitor.state.history:
         s = h.scalars
-        print(f"{h.step:>4}  {h.value:.3f}  {s['probattr/noise_rate']:.3f}  "
-              f"({s['probattr/noise_rate_ci_low']:.3f}, {s['probattr/noise_rate_ci_high']:.3f})  {h.status}")
+        noise = (f"{s['probattr/noise_rate']:.3f}  ({s['probattr/noise_rate_ci_low']:.3f}, "
+                 f"{s['probattr/noise_rate_ci_high']:.3f})" if "probattr/noise_rate" in s else "-")
+        print(f"{h.step:>4}  {h.value:.3f}  {noise}  {h.status} {h.scope} scoring")
     print(f"best by {monitor.metric} ({monitor.mode}): step {monitor.state.best_step} "
           f"({monitor.state.best_value:.3f}) -> {result['best_path']}; last: {result['last_path']}")
     return result

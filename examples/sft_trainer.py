@@ -83,8 +83,9 @@ def main(argv=None) -> int:
     print(f"\n{'step':>6} {DEFAULT_GATE_METRIC:>22} {'95% CI':>17} {'noise_rate':>11}")
     for h in callback.history:
         s = h.scalars
+        noise = s.get("probattr/noise_rate")  # absent from a gate scoring
         print(f"{h.step:>6} {s[gate]:>22.4f} [{s[gate + '_ci_low']:.3f}, {s[gate + '_ci_high']:.3f}] "
-              f"{s['probattr/noise_rate']:>11.4f}")
+              f"{'-' if noise is None else f'{noise:.4f}':>11}")
     print(f"\nbest checkpoint by {DEFAULT_GATE_METRIC}: {trainer.state.best_model_checkpoint} "
           f"({trainer.state.best_metric:.4f})")
     return 0

@@ -25,6 +25,7 @@ from probattr_monitor.engine.memory import (
     is_out_of_memory,
     oom_site,
 )
+from probattr_monitor.engine.prefix import prefix_surprisal
 from probattr_monitor.engine.sequential import SequentialBudget, attribute_sequential
 from probattr_monitor.engine.replacement import (
     DEFAULT_MASS,
@@ -158,8 +159,13 @@ class ProbeScore:
     seconds: float = 0.0
 
 
-def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig) -> ProbeScore:
+def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig, *,
+                attribution: bool = True) -> ProbeScore:
     """Render, generate the response (unless fixed) and attribute one probe.
+
+    ``attribution=False`` makes it a gate pass instead
+    (:func:`~probattr_monitor.engine.prefix.prefix_surprisal`): one forward over
+    the rendered prompt, no response, no candidate (docs/design.md section 10).
 
     Raises
     ------
@@ -168,6 +174,10 @@ def score_probe(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig)
     """
     started = time.perf_counter()
     rendered = render(probe, tokenizer)
+    if not attribution:
+        res = prefix_surprisal(model, rendered.ids, memory_budget_mb=config.memory_budget_mb)
+        res = with_token_texts(res, tokenizer)
+        return ProbeScore(probe.id, res, tuple(rendered.template_mask), None, time.perf_counter() - started)
     if probe.response is not None:
         response_ids = encode_text(tokenizer, probe.response)
         needed = len(rendered.ids) + len(response_ids)
@@ -230,7 +240,8 @@ def _with_replacement(model: Any, tokenizer: Any, prompt_ids: Sequence[int], res
     return dataclasses.replace(res, info=info)
 
 
-def _score_with_oom_retry(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig) -> ProbeScore:
+def _score_with_oom_retry(model: Any, tokenizer: Any, probe: Probe, config: ScoringConfig,
+                          attribution: bool = True) -> ProbeScore:
     """:func:`score_probe`, retried at half the batch that ran out of memory, down to 1.
 
     Only a candidate batch can be made smaller; out of memory in the full pass
@@ -245,7 +256,7 @@ def _score_with_oom_retry(model: Any, tokenizer: Any, probe: Probe, config: Scor
     tried: list[int] = []
     while True:
         try:
-            return score_probe(model, tokenizer, probe, config)
+            return score_probe(model, tokenizer, probe, config, attribution=attribution)
         except (RuntimeError, MemoryError) as err:
             if not is_out_of_memory(err):
                 raise
@@ -292,6 +303,7 @@ def score_probes(
     on_error: str = "raise",
     progress: Optional[Callable[[int, str], None]] = None,
     deadline: Optional[float] = None,
+    attribution: bool = True,
 ) -> list[ProbeScore]:
     """Score each probe in turn.
 
@@ -312,6 +324,8 @@ def score_probes(
     deadline : float, optional
         A finite ``time.monotonic()`` value; probes not started by then are
         recorded as skipped.
+    attribution : bool
+        ``False``: gate passes only (:func:`score_probe`), for a gate scoring.
 
     Raises
     ------
@@ -331,7 +345,7 @@ def score_probes(
             out.append(ProbeScore(probe.id, None, None, "skipped: time budget exhausted"))
             continue
         try:
-            out.append(_score_with_oom_retry(model, tokenizer, probe, config))
+            out.append(_score_with_oom_retry(model, tokenizer, probe, config, attribution))
         except (ValueError, TypeError, RuntimeError) as err:
             if on_error == "raise":
                 raise

@@ -355,7 +355,7 @@ def test_wandb_offline_run_directory(tmp_path, probes, monkeypatch, who_starts_t
     pytest.importorskip("matplotlib")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_PROJECT", "probattr-tests")
-    cb = callback(probes, every_n_steps=6, plots=True, wandb="auto")
+    cb = callback(probes, every_n_steps=6, plots=True, wandb="auto", attribution_every=1)  # tables every scoring
     if who_starts_the_run == "hf-wandb-callback":
         report_to = ["wandb"]
     else:

@@ -89,7 +89,7 @@ def test_weights_bit_identical_with_and_without_callback(tok, probes, tmp_path, 
         cbs = []
         if with_callback:
             cbs = [make_callback(probes, scoring=scoring, every_n_steps=2, every_n_epochs=1,
-                                 log_dir=tmp_path / "files")]
+                                 log_dir=tmp_path / "files", attribution_every=1)]  # the full path every time
         fit(module, cbs, tmp_path, max_epochs=2)
         return module, cbs
 
@@ -341,7 +341,8 @@ def test_wandb_logger_offline_run_dir_read_back(tok, probes, tmp_path):
     pl.seed_everything(0, verbose=False)
     wl = WandbLogger(save_dir=str(tmp_path), offline=True, project="probattr-test")
     csv_logger = CSVLogger(tmp_path, name="csv")
-    cb = make_callback(probes, every_n_steps=4, wandb="auto", log_plots=True, max_rows_per_table=10)
+    cb = make_callback(probes, every_n_steps=4, wandb="auto", log_plots=True, max_rows_per_table=10,
+                       attribution_every=1)  # token tables at every scoring
     fit(TinyLitLM(tok), [cb], tmp_path, max_epochs=1, logger=[wl, csv_logger], log_every_n_steps=50)
     run_dir = Path(wl.experiment.dir).parent
     assert [type(s).__name__ for s in cb.sinks] == ["WandbSink"]

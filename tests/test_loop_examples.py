@@ -23,10 +23,17 @@ def _check_history(monitor, steps):
     best = min(values)  # mean_surprisal_prefix: lower is better
     assert monitor.state.best_value == best
     assert monitor.state.best_step == steps[values.index(best)]
+    # the default cadence ("auto"): the first scoring attributes, the next ones are gate scorings
+    assert [h.scope for h in monitor.state.history] == ["attribution"] + ["prefix"] * (len(steps) - 1)
     for h in monitor.state.history:
-        assert math.isfinite(h.scalars["probattr/noise_rate"])
-        assert h.scalars["probattr/noise_rate_ci_low"] <= h.scalars["probattr/noise_rate"] \
-            <= h.scalars["probattr/noise_rate_ci_high"]
+        assert h.scalars["probattr/mean_surprisal_prefix_ci_low"] <= h.value \
+            <= h.scalars["probattr/mean_surprisal_prefix_ci_high"]
+        if h.scope == "attribution":
+            assert math.isfinite(h.scalars["probattr/noise_rate"])
+            assert h.scalars["probattr/noise_rate_ci_low"] <= h.scalars["probattr/noise_rate"] \
+                <= h.scalars["probattr/noise_rate_ci_high"]
+        else:
+            assert "probattr/noise_rate" not in h.scalars
 
 
 @pytest.mark.parametrize("module_name", ["plain_loop", "accelerate_loop"])

@@ -293,7 +293,9 @@ def run_one(spec: RunSpec, language: Optional[Language], out_dir: Path, *,
                 state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
                 atomic_write(checkpoint_path(out_dir, step), lambda p: torch.save(state, p))
 
-    monitor = ProbAttrMonitor(data.probes, tokenizer=data.tokenizer, schedule=StepListSchedule(spec.score_at))
+    # every scoring attributes: the study compares every metric, not only the gate's, with the truth
+    monitor = ProbAttrMonitor(data.probes, tokenizer=data.tokenizer, schedule=StepListSchedule(spec.score_at),
+                              attribution_every=1)
     callback = ProbAttrCallback(monitor, wandb=False, log_dir=out_dir / "reports", log_plots=False,
                                 file_formats=("json",))
     generator = torch.Generator().manual_seed(spec.seed)

@@ -106,7 +106,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
@@ -207,6 +207,15 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
     plots : bool
         Attach the figures (entropy vs AS, KL vs AS, tokens coloured by AS) to
         W&B as images / write them as PNG files at each scoring.
+    attribution_every : int, None or "auto"
+        Attribute on the first scoring and every ``attribution_every``-th after
+        it, and run gate scorings (one forward pass per prompt, the
+        prefix-surprisal metrics only) in between; ``None``: gate scorings only;
+        ``1``: every scoring attributes. Default ``"auto"``: every 10th when the
+        gate metric is one a gate scoring computes (the default gate), else 1
+        (:class:`~probattr_monitor.monitor.ProbAttrMonitor`, docs/design.md
+        section 10). A ``metric_for_best_model`` that gate
+        scorings do not produce is refused before training.
 
     Attributes
     ----------
@@ -233,6 +242,7 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         wandb: Any = "auto",
         log_dir: Optional[str | os.PathLike] = None,
         plots: bool = True,
+        attribution_every: Union[int, None, str] = "auto",
     ) -> None:
         if not (wandb == "auto" or isinstance(wandb, bool) or is_wandb_run(wandb)):
             raise ValueError(f"wandb must be 'auto', True, False or a wandb Run, got {wandb!r}")
@@ -242,12 +252,15 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
                 raise ValueError("pass probes/scoring either to the ProbAttrMonitor or to the callback, not both")
             if every_n_steps is not None or on_evaluate is not True:
                 raise ValueError("with a monitor, set every_n_steps/on_evaluate in its Schedule")
+            if not (isinstance(attribution_every, str) and attribution_every == "auto"):
+                raise ValueError("with a monitor, set attribution_every on the ProbAttrMonitor")
             if tokenizer is not None:
                 monitor.tokenizer = tokenizer
             self.monitor = monitor
         else:
             schedule = Schedule(every_n_steps=every_n_steps, on_validation_end=bool(on_evaluate))
-            self.monitor = ProbAttrMonitor(probes, tokenizer=tokenizer, scoring=scoring, schedule=schedule)
+            self.monitor = ProbAttrMonitor(probes, tokenizer=tokenizer, scoring=scoring, schedule=schedule,
+                                           attribution_every=attribution_every)
         self.wandb = wandb
         self.log_dir = os.fspath(log_dir) if log_dir is not None else None
         self.plots = bool(plots)
@@ -316,7 +329,11 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
 
     # ------------------------------------------------------------------ validation
     def _check_args(self, args: Any, *, training: bool) -> None:
-        check_args(args, self.monitor.schedule, self.prefix, training=training)
+        metric = probattr_metric(args, self.prefix)  # raises for a probattr key never produced
+        if metric is not None:
+            self.monitor.gate_reads(f"{self.prefix}/{metric}")  # "auto": attribute every scoring if it must
+        check_args(args, self.monitor.schedule, self.prefix, training=training,
+                   every_scoring=self.monitor.every_scoring_keys(), attribution_every=self.monitor.attribution_every)
 
     def _check_order(self, args: Any, state: Any) -> None:
         check_callback_order(args, state, self.prefix, type(self).__name__)

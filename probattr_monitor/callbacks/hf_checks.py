@@ -56,16 +56,28 @@ def probattr_metric(args: Any, prefix: str) -> Optional[str]:
     return metric
 
 
-def check_args(args: Any, schedule: Schedule, prefix: str, *, training: bool) -> None:
+def check_args(args: Any, schedule: Schedule, prefix: str, *, training: bool,
+               every_scoring: Optional[list[str]] = None, attribution_every: Optional[int] = 1) -> None:
     """Check ``metric_for_best_model`` / ``greater_is_better`` and, when ``training``, ``eval_strategy``.
+
+    ``every_scoring`` is the ``{prefix}/<name>`` keys that every scoring
+    produces (a gate scoring's when ``attribution_every != 1``); default: all.
 
     Raises
     ------
     ValueError
-        See the module documentation.
+        See the module documentation; also a ``metric_for_best_model`` that
+        only attribution scorings produce while ``attribution_every != 1``.
     """
     sched = schedule
     metric = probattr_metric(args, prefix)
+    if metric is not None and every_scoring is not None and f"{prefix}/{metric}" not in every_scoring:
+        names = ", ".join(repr(f"{prefix}_{k.split('/', 1)[1]}") for k in every_scoring)
+        raise ValueError(
+            f"metric_for_best_model={args.metric_for_best_model!r} is produced only by attribution scorings, and "
+            f"attribution_every={attribution_every!r} makes the other evaluations gate scorings without it: "
+            f"use one of {names}, or set attribution_every=1"
+        )
     if metric is not None:
         if not sched.on_validation_end:
             raise ValueError(

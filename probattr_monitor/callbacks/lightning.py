@@ -21,7 +21,7 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -135,6 +135,14 @@ class ProbAttrCallback(Callback):
         Split the probes across ranks and gather the scores (``True``), or let
         every rank score every probe (``False``). Default: ``True`` except
         under sharded-parameter strategies.
+    attribution_every : int, None or "auto"
+        Attribute on the first scoring and every ``attribution_every``-th after
+        it, and run gate scorings (one forward pass per prompt, the
+        prefix-surprisal metrics only) in between; ``None``: gate scorings only;
+        ``1``: every scoring attributes. Default ``"auto"``: every 10th when the
+        gate metric is one a gate scoring computes (the default gate), else 1. See :class:`~probattr_monitor.monitor.ProbAttrMonitor`
+        and docs/design.md section 10. A ``ModelCheckpoint``/``EarlyStopping``
+        watching a key that gate scorings do not log is refused at setup.
 
     Logged scalars
     --------------
@@ -147,7 +155,8 @@ class ProbAttrCallback(Callback):
     ``{prefix}/<metric>``, ``{prefix}/<metric>_ci_low``,
     ``{prefix}/<metric>_ci_high``; plus ``{prefix}/n_tokens``,
     ``{prefix}/n_probes`` and ``{prefix}/count_<class>`` (see
-    :func:`logged_keys`). Values scored in ``on_train_batch_end`` are logged
+    :func:`logged_keys`). A gate scoring logs ``{prefix}/step``, the
+    prefix-surprisal metric with its interval and ``{prefix}/n_probes``. Values scored in ``on_train_batch_end`` are logged
     with ``logger=False`` (so that they reach ``callback_metrics``) and sent to
     the loggers at once through the trainer's logger connector, whatever
     ``log_every_n_steps`` says.
@@ -250,17 +259,18 @@ class ProbAttrCallback(Callback):
         max_rows_per_table: int = 10_000,
         file_formats: Sequence[str] = ("csv", "json"),
         shard_probes: Optional[bool] = None,
+        attribution_every: Union[int, None, str] = "auto",
     ) -> None:
         super().__init__()
         if monitor is not None:
             check_monitor(monitor)
             defaults = {"probes": "reasonable-en", "scoring": None, "every_n_steps": None, "every_n_epochs": None,
                         "on_validation_end": True, "on_save_checkpoint": False, "metric": DEFAULT_GATE_METRIC,
-                        "mode": None, "prefix": "probattr", "time_budget_s": None}
+                        "mode": None, "prefix": "probattr", "time_budget_s": None, "attribution_every": "auto"}
             given = {"probes": probes, "scoring": scoring, "every_n_steps": every_n_steps,
                      "every_n_epochs": every_n_epochs, "on_validation_end": on_validation_end,
                      "on_save_checkpoint": on_save_checkpoint, "metric": metric, "mode": mode, "prefix": prefix,
-                     "time_budget_s": time_budget_s}
+                     "time_budget_s": time_budget_s, "attribution_every": attribution_every}
             conflicts = sorted(k for k, v in given.items() if v is not defaults[k] and v != defaults[k])
             if conflicts:
                 raise ValueError(
@@ -276,7 +286,7 @@ class ProbAttrCallback(Callback):
                                 on_save_checkpoint=on_save_checkpoint)  # raises on an impossible schedule
             self.monitor = ProbAttrMonitor(  # raises on an unknown probe set / unreadable file
                 probes, tokenizer=tokenizer, scoring=scoring, schedule=schedule, metric=metric, mode=mode,
-                time_budget_s=time_budget_s, prefix=prefix,
+                time_budget_s=time_budget_s, prefix=prefix, attribution_every=attribution_every,
             )
         if wandb not in (True, False, "auto"):
             raise ValueError(f"wandb must be True, False or 'auto', got {wandb!r}")
@@ -403,8 +413,12 @@ class ProbAttrCallback(Callback):
         # Every rank logs identical (gathered or broadcast) values, so Lightning's advice to add
         # sync_dist=True for epoch-level values in distributed runs does not apply to our keys.
         warnings.filterwarnings("ignore", message=rf".*self\.log\('{re.escape(self.monitor.prefix)}/.*sync_dist=True")
+        for cb in timing.watchers(trainer, self.monitor.prefix):
+            self.monitor.gate_reads(cb.monitor)  # "auto": attribute every scoring if a gate reads noise_rate...
         timing.check_watched_keys(trainer, self.monitor.prefix, set(logged_keys(self.monitor.prefix)),
-                                  self.monitor_key, self.monitor.mode)
+                                  self.monitor_key, self.monitor.mode,
+                                  every_scoring={step_key(self.monitor.prefix), *self.monitor.every_scoring_keys()},
+                                  attribution_every=self.monitor.attribution_every)
         tokenizer = self._resolve_tokenizer(trainer, pl_module)
         self.monitor.tokenizer = tokenizer
         if self.wandb is True and not self._has_wandb_logger(trainer):

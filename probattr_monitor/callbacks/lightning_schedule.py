@@ -43,14 +43,20 @@ def watchers(trainer: "pl.Trainer", prefix: str) -> list[Any]:
     return out
 
 
-def check_watched_keys(trainer: "pl.Trainer", prefix: str, known: set[str], monitor_key: str, mode: str) -> None:
-    """Refuse a watcher of a key that is never logged; warn about a watcher of the tracked key in the other mode.
+def check_watched_keys(trainer: "pl.Trainer", prefix: str, known: set[str], monitor_key: str, mode: str, *,
+                       every_scoring: Optional[set[str]] = None, attribution_every: Optional[int] = 1) -> None:
+    """Refuse a watcher of a key that is never logged, or not at every scoring; warn about one in the other mode.
+
+    ``every_scoring`` is the keys that every scoring logs (a gate scoring's,
+    when ``attribution_every != 1``); default ``known``.
 
     Raises
     ------
     ValueError
-        A watcher's ``monitor`` is not in ``known`` (with the closest key as a hint).
+        A watcher's ``monitor`` is not in ``known`` (with the closest key as a
+        hint), or is logged only by attribution scorings.
     """
+    every_scoring = known if every_scoring is None else every_scoring
     for cb in watchers(trainer, prefix):
         if cb.monitor == monitor_key and getattr(cb, "mode", mode) != mode:
             rank_zero_warn(f"probattr: {type(cb).__name__}(monitor={cb.monitor!r}, mode={cb.mode!r}) but the "
@@ -61,6 +67,12 @@ def check_watched_keys(trainer: "pl.Trainer", prefix: str, known: set[str], moni
             raise ValueError(
                 f"{type(cb).__name__}(monitor={cb.monitor!r}) watches a key that ProbAttrCallback never logs"
                 f"{hint}; it logs: {', '.join(sorted(known))}"
+            )
+        if cb.monitor not in every_scoring:
+            raise ValueError(
+                f"{type(cb).__name__}(monitor={cb.monitor!r}) watches a key that only attribution scorings log, "
+                f"and attribution_every={attribution_every!r} makes the other scorings gate scorings without it: "
+                f"watch one of {', '.join(sorted(every_scoring))}, or set attribution_every=1"
             )
 
 

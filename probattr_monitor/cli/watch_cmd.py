@@ -124,8 +124,9 @@ def _monitor(args: argparse.Namespace) -> Any:
             from probattr_monitor.probes import load_probe_set
 
             probes = first_probes(load_probe_set(args.probes), args.limit_probes)
+        # off the training loop the whole scoring is the point: every checkpoint is attributed
         return ProbAttrMonitor(probes, scoring=scoring, metric=args.metric or DEFAULT_GATE_METRIC, mode=args.mode,
-                               prefix=args.prefix)
+                               prefix=args.prefix, attribution_every=1)
     except (ValueError, TypeError, FileNotFoundError, OSError) as exc:
         raise CLIError(str(exc), code=EXIT_USAGE) from None
 

@@ -12,13 +12,24 @@ from __future__ import annotations
 import functools
 
 from probattr_monitor.report import metrics_from_probes
+from probattr_monitor.report.definitions import PREFIX_SCOPE
 
-__all__ = ["scalar_keys", "scalar_names", "step_key"]
+__all__ = ["gate_scalar_names", "scalar_keys", "scalar_names", "step_key"]
 
 
 @functools.lru_cache(maxsize=None)
 def _names() -> tuple[str, ...]:
     return tuple(metrics_from_probes((), n_boot=0).scalars(prefix=""))
+
+
+@functools.lru_cache(maxsize=None)
+def _gate_names() -> tuple[str, ...]:
+    return tuple(metrics_from_probes((), n_boot=0, scope=PREFIX_SCOPE).scalars(prefix=""))
+
+
+def gate_scalar_names() -> list[str]:
+    """The scalars a gate scoring produces (``scope="prefix"``): ``["mean_surprisal_prefix", ..., "n_probes"]``."""
+    return list(_gate_names())
 
 
 def scalar_names() -> list[str]:

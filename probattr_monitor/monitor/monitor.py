@@ -10,18 +10,20 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 from probattr_monitor.distributed import is_rank_zero
 from probattr_monitor.engine.text import encode_prompt
 from probattr_monitor.engine.validation import check_fits_context, check_positive_finite, context_limit
 from probattr_monitor.monitor.guard import training_state_guard
-from probattr_monitor.monitor.keys import scalar_keys
+from probattr_monitor.monitor.keys import gate_scalar_names, scalar_keys
 from probattr_monitor.monitor.schedule import Schedule
 from probattr_monitor.probes import ProbeSet, load_probe_set, render
 from probattr_monitor.report import DEFAULT_GATE_METRIC, METRIC_NAMES, Report, gate_mode
+from probattr_monitor.report.definitions import ATTRIBUTION_SCOPE, PREFIX_METRIC_NAMES
 from probattr_monitor.scoring import ProbeScore, ScoringConfig, build_report, score_probes
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,11 @@ class HistoryEntry:
         or were skipped by the time budget; its values, over fewer probes, are
         recorded and written to the report sinks but are not comparable with a
         complete scoring's, so no gate sees them. ``"failed"``: nothing was scored.
+    scope : {"attribution", "prefix"}
+        ``"attribution"``: the whole scoring (AS, entropies, every metric);
+        ``"prefix"``: a gate scoring, one forward pass per prompt, whose
+        ``scalars`` hold only the prefix-surprisal metrics
+        (:attr:`ProbAttrMonitor.attribution_every`).
     """
 
     step: int
@@ -71,6 +78,7 @@ class HistoryEntry:
     n_scored: int
     errors: dict = field(default_factory=dict)
     status: str = COMPLETE
+    scope: str = ATTRIBUTION_SCOPE
 
     @property
     def complete(self) -> bool:
@@ -103,6 +111,29 @@ class MonitorState:
             best_step=data.get("best_step"),
             last_step=data.get("last_step"),
         )
+
+
+#: ``attribution_every="auto"`` when the gate metric is one a gate scoring computes: the
+#: attribution runs on the first scoring and every 10th after it, so the loop pays for it
+#: a tenth as often (docs/design.md section 10).
+DEFAULT_ATTRIBUTION_EVERY = 10
+
+
+def check_attribution_every(value: Any) -> Optional[int]:
+    """``attribution_every`` after checking it is ``None`` or a positive int.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not an int (a bool, a float...), or smaller than 1.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"attribution_every must be a positive int, None or 'auto', got {value!r}")
+    if value < 1:
+        raise ValueError(f"attribution_every must be a positive int (1: every scoring) or None (never), got {value!r}")
+    return int(value)
 
 
 def check_time_budget(time_budget_s: Any) -> Optional[float]:
@@ -159,6 +190,21 @@ class ProbAttrMonitor:
         score the whole set when a checkpoint or early-stopping callback gates on it.
     prefix : str
         Logged keys are ``f"{prefix}/{name}"``.
+    attribution_every : int, None or "auto"
+        Run the attribution (AS, entropies, noise tokens: thousands of
+        candidate passes per prompt position) on every ``attribution_every``-th
+        scoring, the first scoring included (scorings 1, K + 1, 2K + 1...); the
+        scorings between are *gate scorings*: one forward pass over each
+        prompt, which compute only
+        :data:`~probattr_monitor.report.definitions.PREFIX_METRIC_NAMES`, the
+        default gate among them, with the values an attribution scoring gives
+        (docs/design.md section 10). ``1`` attributes at every scoring;
+        ``None`` never in the loop (score checkpoints with ``probattr watch``
+        or ``probattr score``). ``"auto"`` (the default):
+        :data:`DEFAULT_ATTRIBUTION_EVERY` when ``metric`` is one a gate scoring
+        computes, else 1; and 1 as soon as a callback finds a gate reading a key
+        that only attribution scorings log (:meth:`gate_reads`). An explicit
+        K other than 1 with such a gate or ``metric`` is refused.
     """
 
     def __init__(
@@ -172,9 +218,19 @@ class ProbAttrMonitor:
         mode: Optional[str] = None,
         time_budget_s: Optional[float] = None,
         prefix: str = "probattr",
+        attribution_every: Union[int, None, str] = "auto",
     ) -> None:
         if metric not in METRIC_NAMES:
             raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
+        auto = isinstance(attribution_every, str) and attribution_every == "auto"
+        if auto:
+            attribution_every = DEFAULT_ATTRIBUTION_EVERY if metric in PREFIX_METRIC_NAMES else 1
+        attribution_every = check_attribution_every(attribution_every)
+        if attribution_every != 1 and metric not in PREFIX_METRIC_NAMES:
+            raise ValueError(
+                f"metric={metric!r} is computed only by an attribution scoring, and attribution_every="
+                f"{attribution_every!r} makes other scorings gate scorings without it: gate on one of "
+                f"{PREFIX_METRIC_NAMES} or set attribution_every=1")
         if mode is None:
             mode = gate_mode(metric)  # raises for a metric without a direction
         if mode not in MODES:
@@ -192,6 +248,9 @@ class ProbAttrMonitor:
         self.mode = mode
         self.time_budget_s = time_budget_s
         self.prefix = prefix.strip("/")
+        self.attribution_every = attribution_every
+        #: Whether ``attribution_every`` was ``"auto"`` (so :meth:`gate_reads` may set it to 1).
+        self.attribution_auto = auto
         self.state = MonitorState()
         self._checked_for: Optional[tuple] = None
 
@@ -208,6 +267,32 @@ class ProbAttrMonitor:
     def scalar_keys(self) -> list[str]:
         """Every scalar key a run logs: metrics, their intervals and counts (:mod:`~probattr_monitor.monitor.keys`)."""
         return scalar_keys(self.prefix)
+
+    def every_scoring_keys(self) -> list[str]:
+        """The scalar keys every scoring logs: all of :meth:`scalar_keys`, or a gate scoring's when ``attribution_every != 1``."""
+        if self.attribution_every == 1:
+            return self.scalar_keys()
+        return [f"{self.prefix}/{name}" for name in gate_scalar_names()]
+
+    def gate_reads(self, key: str) -> None:
+        """Tell the monitor that a gate (a checkpoint, early-stopping or best-model rule) reads ``key`` at every scoring.
+
+        With ``attribution_every="auto"``, a key that only attribution scorings
+        log (``{prefix}/noise_rate``...) makes every scoring attribute. An
+        explicit setting is left alone: the callbacks then refuse the gate at
+        setup, naming the keys every scoring logs.
+        """
+        if (self.attribution_auto and self.attribution_every != 1 and key in self.scalar_keys()
+                and key not in self.every_scoring_keys()):
+            logger.info("probattr: a gate reads %s, which only attribution scorings log: every scoring attributes "
+                        "(attribution_every='auto' -> 1)", key)
+            self.attribution_every = 1
+
+    def attribution_due(self) -> bool:
+        """Whether the next scoring attributes (every :attr:`attribution_every`-th, counting scorings in the history)."""
+        if self.attribution_every is None:
+            return False
+        return len(self.state.history) % self.attribution_every == 0
 
     # ------------------------------------------------------------------ setup
     def setup(self, model: Any, tokenizer: Any = None) -> None:
@@ -262,6 +347,7 @@ class ProbAttrMonitor:
         world_size: int = 1,
         gather: Optional[Callable[[Any], Sequence[Any]]] = None,
         shard: bool = True,
+        attribution: Optional[bool] = None,
     ) -> Report:
         """Score the probe set with ``model`` at training ``step``.
 
@@ -287,9 +373,15 @@ class ProbAttrMonitor:
             ``False`` makes every rank score every probe: use it when parameters
             are sharded (FSDP, DeepSpeed ZeRO-3), where each rank must run the
             same number of forward passes with the same shapes.
+        attribution : bool, optional
+            Attribute (``True``) or run a gate scoring (``False``); default
+            :meth:`attribution_due`. Under DDP every rank must pass the same
+            value (the default is the same on every rank: the history is).
         """
         if self.tokenizer is None:
             raise ValueError("ProbAttrMonitor needs a tokenizer before run(): call setup(model, tokenizer)")
+        if attribution is None:
+            attribution = self.attribution_due()
         started = time.monotonic()
         distributed = world_size > 1 and gather is not None
         probes = self.probe_set.shard(rank, world_size) if (distributed and shard) else self.probe_set
@@ -297,7 +389,8 @@ class ProbAttrMonitor:
         if self.time_budget_s is not None and not distributed:
             deadline = started + self.time_budget_s
         with training_state_guard(model):
-            scores = score_probes(model, self.tokenizer, probes, self.scoring, on_error="record", deadline=deadline)
+            scores = score_probes(model, self.tokenizer, probes, self.scoring, on_error="record", deadline=deadline,
+                                  attribution=bool(attribution))
         if distributed and shard:
             gathered = gather(scores)
             by_id = {s.probe_id: s for part in gathered for s in part}
@@ -339,15 +432,16 @@ class ProbAttrMonitor:
         scalars = {} if status == FAILED else {
             k: float(v) for k, v in report.metrics.scalars(prefix=f"{self.prefix}/").items()}
         entry = HistoryEntry(step=int(step), value=value, scalars=scalars, fingerprint=self.probe_set.fingerprint,
-                             seconds=float(seconds), n_scored=n_scored, errors=errors, status=status)
+                             seconds=float(seconds), n_scored=n_scored, errors=errors, status=status,
+                             scope=report.metrics.scope)
         self._add(entry)
         if status == COMPLETE and math.isfinite(value) and (
             self.state.best_value is None
             or (value < self.state.best_value if self.mode == "min" else value > self.state.best_value)
         ):
             self.state.best_value, self.state.best_step = value, int(step)
-        logger.info("probattr: step %d %s=%.4f (%s: %d of %d probes, %.1f s)", step, self.metric, value, status,
-                    n_scored, len(self.probe_set), seconds)
+        logger.info("probattr: step %d %s=%.4f (%s %s scoring: %d of %d probes, %.1f s)", step, self.metric, value,
+                    status, report.metrics.scope, n_scored, len(self.probe_set), seconds)
         return entry
 
     # ------------------------------------------------------------------ state

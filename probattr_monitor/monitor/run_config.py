@@ -41,6 +41,9 @@ class RunConfig:
     metric, mode, monitor_key : str
         The tracked metric, its direction and its logged key.
     time_budget_s : float or None
+    attribution_every : int or None
+        Every how many scorings the attribution runs (the others are gate
+        scorings); ``None``: never in the loop.
     version : str
         The probattr-monitor version that scored the run.
 
@@ -60,6 +63,7 @@ class RunConfig:
     monitor_key: str
     time_budget_s: Optional[float]
     version: str
+    attribution_every: Optional[int] = 1
 
     @classmethod
     def from_monitor(cls, monitor: "ProbAttrMonitor") -> "RunConfig":
@@ -75,6 +79,7 @@ class RunConfig:
             monitor_key=monitor.monitor_key,
             time_budget_s=monitor.time_budget_s,
             version=__version__,
+            attribution_every=monitor.attribution_every,
         )
 
     def to_dict(self) -> dict[str, Any]:

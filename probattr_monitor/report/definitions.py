@@ -66,6 +66,21 @@ HIGHER_IS_BETTER: dict[str, Optional[bool]] = {
 DEFAULT_GATE_METRIC = "mean_surprisal_prefix"
 
 
+#: What a report holds: ``"attribution"``, every metric (AS, entropies, surprisals); or
+#: ``"prefix"``, a *gate scoring* of the training monitor (one forward pass over each
+#: prompt, no response, no candidate: docs/design.md section 10), which defines only
+#: :data:`PREFIX_METRIC_NAMES`.
+ATTRIBUTION_SCOPE, PREFIX_SCOPE = "attribution", "prefix"
+SCOPES = (ATTRIBUTION_SCOPE, PREFIX_SCOPE)
+
+#: The metrics a gate scoring computes: those read off the prompt's own causal loss.
+PREFIX_METRIC_NAMES = ("mean_surprisal_prefix",)
+
+#: The note of a metric a gate scoring does not compute.
+NOT_IN_GATE_SCORING = ("not computed: a gate scoring (one pass over each prompt) computes only "
+                       + ", ".join(PREFIX_METRIC_NAMES))
+
+
 def optional_metric_value(per_probe, name: str) -> float:
     """The pooled value of an opt-in metric (:data:`OPTIONAL_METRIC_NAMES`) over ``per_probe`` sums; NaN if undefined.
 

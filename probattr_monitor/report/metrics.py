@@ -21,7 +21,15 @@ from probattr_monitor.report.bootstrap import (
     ratio_arrays,
     validate_bootstrap,
 )
-from probattr_monitor.report.definitions import METRIC_NAMES, empty_reason
+from probattr_monitor.report.definitions import (
+    ATTRIBUTION_SCOPE,
+    METRIC_NAMES,
+    NOT_IN_GATE_SCORING,
+    PREFIX_METRIC_NAMES,
+    PREFIX_SCOPE,
+    SCOPES,
+    empty_reason,
+)
 from probattr_monitor.report.noise import AS_CLASSES, NoiseConfig, classify, noise_flags, resolve_noise_config
 from probattr_monitor.report.values import MetricValue, ProbeMetrics, SetMetrics
 
@@ -105,7 +113,10 @@ def _probe_sums(table: Any, cfg: NoiseConfig) -> tuple[list[ProbeMetrics], dict[
         "n_entropy_full_near_zero": count(fin_hf_nz),
     }
     for name, values in surprisals.items():
-        finite = eligible & np.isfinite(values)
+        # The prefix surprisal comes from the full pass alone: it needs no finite AS, so a gate
+        # scoring (no attribution, docs/design.md section 10) and an attribution scoring count the
+        # same tokens and agree on the gate metric.
+        finite = (~excluded if name == "surprisal_prefix" else eligible) & np.isfinite(values)
         cols[f"sum_{name}"] = total(values, finite)
         cols[f"n_{name}"] = count(finite)
     per_probe = []
@@ -137,6 +148,7 @@ def metrics_from_probes(
     *,
     n_excluded: Optional[int] = None,
     n_undefined: Optional[int] = None,
+    scope: str = ATTRIBUTION_SCOPE,
 ) -> SetMetrics:
     """Set-level metrics and bootstrap intervals from per-probe sums.
 
@@ -149,11 +161,17 @@ def metrics_from_probes(
         One entry per probe (probe ids must be unique).
     cfg, n_boot, seed, ci
         As in :func:`compute_metrics`.
+    scope : {"attribution", "prefix"}
+        ``"prefix"``: the sums of a gate scoring, where only
+        :data:`~probattr_monitor.report.definitions.PREFIX_METRIC_NAMES` are
+        defined; the other metrics are NaN with a note saying why.
 
     Returns
     -------
     SetMetrics
     """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     cfg = resolve_noise_config(cfg)
     validate_bootstrap(n_boot, ci, seed)
     per_probe = tuple(per_probe)
@@ -168,9 +186,11 @@ def metrics_from_probes(
         tot_num, tot_den = num.sum(axis=0), den.sum(axis=0)
         point = np.where(tot_den > 0, tot_num / np.where(tot_den > 0, tot_den, 1.0), np.nan)
 
-    units = np.array([p.n_tokens > 0 for p in per_probe], dtype=bool)
+    # A bootstrap unit is a probe that defines some metric (in a gate scoring no probe has an
+    # eligible AS token, yet each defines the prefix surprisal).
+    units = (den > 0).any(axis=1) if per_probe else np.zeros(0, dtype=bool)
     n_units = int(units.sum())
-    empty = [p.probe_id for p in per_probe if p.n_tokens == 0]
+    empty = [p.probe_id for p, unit in zip(per_probe, units) if not unit]
     if not per_probe:
         notes.append("empty probe set: no probes, every metric is undefined")
     elif n_units == 0:
@@ -203,6 +223,9 @@ def metrics_from_probes(
                 if n_def[j] > 0
                 else f"no interval: {empty_reason(name)} in any resample"
             )
+        if scope == PREFIX_SCOPE and name not in PREFIX_METRIC_NAMES:
+            values[name] = MetricValue(float("nan"), float("nan"), float("nan"), NOT_IN_GATE_SCORING)
+            continue
         values[name] = MetricValue(float(point[j]), float(low[j]), float(high[j]), note)
 
     counts = {c: int(sum(getattr(p, f"n_{c}") for p in per_probe)) for c in AS_CLASSES}
@@ -220,6 +243,7 @@ def metrics_from_probes(
         seed=None if seed is None else int(seed),
         ci=float(ci),
         notes=tuple(notes),
+        scope=scope,
     )
 
 
@@ -229,6 +253,7 @@ def compute_metrics(
     n_boot: int = 1000,
     seed: Optional[int] = 0,
     ci: float = 0.95,
+    scope: str = ATTRIBUTION_SCOPE,
 ) -> SetMetrics:
     """Per-probe and set-level metrics of a token score table.
 
@@ -252,6 +277,8 @@ def compute_metrics(
         Seed of the ``numpy.random.Generator`` of the bootstrap.
     ci : float
         Coverage of the percentile interval, in ``(0, 1)``.
+    scope : {"attribution", "prefix"}
+        As in :func:`metrics_from_probes` (``"prefix"`` for a gate scoring's table).
 
     Returns
     -------
@@ -275,4 +302,5 @@ def compute_metrics(
         ci=ci,
         n_excluded=extra["excluded"],
         n_undefined=extra["undefined"],
+        scope=scope,
     )

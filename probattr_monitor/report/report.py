@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 from probattr_monitor.io_utils import current_path, file_sha256, jsonable, replace_files
 from probattr_monitor.report._deps import require_pandas, require_pyarrow
+from probattr_monitor.report.definitions import ATTRIBUTION_SCOPE, PREFIX_SCOPE
 from probattr_monitor.report.metrics import compute_metrics
 from probattr_monitor.report.noise import NoiseConfig, resolve_noise_config
 from probattr_monitor.report.table import (
@@ -59,6 +60,22 @@ REPORT_VERSION = 1
 #: File name of each table format.
 TABLE_FILES = {"csv": "tokens.csv", "parquet": "tokens.parquet", "json": "report.json"}
 METRICS_FILE = "metrics.json"
+
+
+def result_scope(results: Sequence["AttributionResult"]) -> str:
+    """``"prefix"`` if every result is a gate pass (:func:`~probattr_monitor.engine.prefix.prefix_surprisal`), else ``"attribution"``.
+
+    Raises
+    ------
+    ValueError
+        Gate passes mixed with attribution results: their metrics cannot be pooled.
+    """
+    from probattr_monitor.engine.prefix import is_prefix_result
+
+    kinds = {is_prefix_result(r) for r in results}
+    if kinds == {True, False}:
+        raise ValueError("cannot pool gate-pass results (prefix_surprisal) with attribution results in one report")
+    return PREFIX_SCOPE if kinds == {True} else ATTRIBUTION_SCOPE
 
 
 def _dumps(obj: Any) -> str:
@@ -153,8 +170,9 @@ class Report:
         Report
         """
         cfg = resolve_noise_config(cfg)
+        scope = result_scope([r for _, r in scored])
         table = build_token_table(scored, step=step, cfg=cfg, template_masks=template_masks, decode=decode)
-        metrics = compute_metrics(table, cfg, n_boot=n_boot, seed=seed, ci=ci)
+        metrics = compute_metrics(table, cfg, n_boot=n_boot, seed=seed, ci=ci, scope=scope)
         full = {
             "step": step,
             "noise_config": cfg.to_dict(),

@@ -13,7 +13,13 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Optional
 
 from probattr_monitor.report._deps import require_pandas
-from probattr_monitor.report.definitions import METRIC_NAMES, RATIO_FIELDS
+from probattr_monitor.report.definitions import (
+    ATTRIBUTION_SCOPE,
+    METRIC_NAMES,
+    PREFIX_METRIC_NAMES,
+    PREFIX_SCOPE,
+    RATIO_FIELDS,
+)
 from probattr_monitor.report.noise import AS_CLASSES, NoiseConfig
 
 
@@ -236,6 +242,10 @@ class SetMetrics:
         Bootstrap settings.
     notes : tuple of str
         Human-readable caveats (empty probes, degenerate intervals...).
+    scope : {"attribution", "prefix"}
+        ``"prefix"`` for a gate scoring (docs/design.md section 10): only
+        :data:`~probattr_monitor.report.definitions.PREFIX_METRIC_NAMES` are
+        defined, and :meth:`scalars` returns only them.
     """
 
     noise_rate: MetricValue
@@ -263,6 +273,7 @@ class SetMetrics:
     seed: Optional[int]
     ci: float
     notes: tuple = ()
+    scope: str = ATTRIBUTION_SCOPE
 
     def __getitem__(self, name: str) -> MetricValue:
         if name not in METRIC_NAMES:
@@ -301,9 +312,21 @@ class SetMetrics:
         Returns
         -------
         dict of str to float
-            Undefined metrics are ``nan``.
+            Undefined metrics are ``nan``. A gate scoring's (``scope ==
+            "prefix"``) has only the metrics it computes and ``n_probes``: no
+            key of a quantity it did not compute is logged as NaN.
         """
         out: dict[str, float] = {}
+        if self.scope == PREFIX_SCOPE:
+            for name in PREFIX_METRIC_NAMES:
+                mv = getattr(self, name)
+                out[f"{prefix}{name}"] = float(mv.value)
+                if include_ci:
+                    out[f"{prefix}{name}_ci_low"] = float(mv.low)
+                    out[f"{prefix}{name}_ci_high"] = float(mv.high)
+            if include_counts:
+                out[f"{prefix}n_probes"] = float(self.n_probes)
+            return out
         for name, mv in self.values.items():
             out[f"{prefix}{name}"] = float(mv.value)
             if include_ci:
@@ -338,6 +361,7 @@ class SetMetrics:
             "seed": self.seed,
             "ci": self.ci,
             "notes": list(self.notes),
+            "scope": self.scope,
         }
 
     @classmethod
@@ -360,4 +384,5 @@ class SetMetrics:
             seed=None if data.get("seed") is None else int(data["seed"]),
             ci=float(data["ci"]),
             notes=tuple(str(n) for n in data.get("notes", ())),
+            scope=str(data.get("scope", ATTRIBUTION_SCOPE)),
         )

@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 from probattr_monitor.io_utils import atomic_write_text
 from probattr_monitor.report import Report
 from probattr_monitor.report.figures import DEFAULT_MAX_TOKEN_PLOTS, render_plots
-from probattr_monitor.report.definitions import DEFAULT_GATE_METRIC
+from probattr_monitor.report.definitions import DEFAULT_GATE_METRIC, PREFIX_SCOPE
 from probattr_monitor.report.report import TABLE_FILES, normalize_meta
 from probattr_monitor.sinks.history import ScoringHistory, render_history_figures
 
@@ -166,7 +166,7 @@ class FileSink:
         except Exception as err:
             self._fail(step, "saving the report", err)
             return None
-        if self.plots and not self._plots_unavailable:
+        if self.plots and not self._plots_unavailable and report.metrics.scope != PREFIX_SCOPE:
             try:
                 render_plots(report, out, max_token_plots=self.max_token_plots, html=True)
             except ImportError as err:

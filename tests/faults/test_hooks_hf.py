@@ -232,7 +232,7 @@ def test_offline_wandb_run_holds_every_report(tmp_path, probes, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_PROJECT", "probattr-faults")
-    cb = callback(probes, wandb="auto", every_n_steps=6)
+    cb = callback(probes, wandb="auto", every_n_steps=6, attribution_every=1)  # a token table at every scoring
     trainer = make_trainer(tmp_path, [cb], report_to=["wandb"])
     with all_warnings() as record:
         trainer.train()
@@ -252,7 +252,7 @@ def test_failed_scoring_is_recorded_in_the_wandb_run_without_values(tmp_path, pr
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_PROJECT", "probattr-faults")
-    cb = callback(probes, wandb="auto")
+    cb = callback(probes, wandb="auto", attribution_every=1)  # a token table at every scoring
     trainer = make_trainer(tmp_path, [cb], report_to=["wandb"])
     inject_faults(trainer, nan_steps=[8])
     with all_warnings():

@@ -256,7 +256,7 @@ def test_offline_wandb_run_holds_every_report(tok, probes, tmp_path):
 
     wl = WandbLogger(save_dir=str(tmp_path), offline=True, project="probattr-faults")
     pl.seed_everything(0, verbose=False)
-    cb = make_callback(probes, wandb="auto", every_n_steps=6)
+    cb = make_callback(probes, wandb="auto", every_n_steps=6, attribution_every=1)  # a token table every scoring
     with all_warnings() as record:
         trainer = fit(TinyLitLM(tok), [cb], tmp_path, max_epochs=1, logger=wl)
     assert trainer.global_step == 9 and cb.report_failures == []
@@ -274,7 +274,7 @@ def test_failed_scoring_is_recorded_in_the_wandb_run_without_values(tok, probes,
 
     wl = WandbLogger(save_dir=str(tmp_path), offline=True, project="probattr-faults")
     pl.seed_everything(0, verbose=False)
-    cb = make_callback(probes, wandb="auto", every_n_steps=6)
+    cb = make_callback(probes, wandb="auto", every_n_steps=6, attribution_every=1)  # a token table every scoring
     with all_warnings():
         trainer = fit(FaultyLM(tok, nan_steps=[6]), [cb], tmp_path, max_epochs=1, logger=wl)
     assert trainer.global_step == 9

@@ -89,7 +89,8 @@ def main_ddp(out_dir: str, probes: str) -> None:
     sharded = callback_cls(probes=probes, scoring=scoring_config(), every_n_steps=4, log_dir=out / "files",
                            log_plots=False)
     full = callback_cls(probes=probes, scoring=scoring_config(), every_n_steps=4, prefix="pa_full",
-                        shard_probes=False, wandb=False, log_dir=out / "files_full", log_plots=False)
+                        shard_probes=False, wandb=False, log_dir=out / "files_full", log_plots=False,
+                        attribution_every=1)  # its noise_rate is recorded at every scoring
     recorder = MetricRecorder(["probattr/noise_rate", "pa_full/noise_rate"])
     ckpt = ModelCheckpoint(dirpath=out / "ckpt", monitor="probattr/noise_rate", mode="min", save_top_k=1)
     wandb_logger = WandbLogger(save_dir=str(out), offline=True, project="probattr-ddp")
