@@ -13,6 +13,12 @@ default :class:`~probattr_monitor.scoring.ScoringConfig` (budgeted estimator,
 * wall time of scoring (response generation included) and the suffix-token
   throughput.
 
+Then it runs a gate scoring (one forward per prompt, docs/design.md section 10)
+of the whole set, timed, and prices the monitor's default cadence
+(``attribution_every="auto"``: the attribution on the first and every 10th
+scoring) per scoring against attributing at every scoring, with the gate value
+of both kinds of scoring on the scored probes side by side.
+
 After them it replays ``Budget()`` and the ladder's first stage on the stored
 full-vocabulary fixtures (``tests/fixtures/full_vocab``, seconds, no model):
 their accuracy over all 49,152 ids, which the timed probes cannot check.
@@ -60,7 +66,9 @@ from probattr_monitor.models import load_model_and_tokenizer
 from probattr_monitor.probes import load_probe_set, render
 from probattr_monitor.engine import Budget
 from probattr_monitor.engine.sequential import SequentialBudget
-from probattr_monitor.scoring import ScoringConfig, build_report, score_probe
+from probattr_monitor.monitor.monitor import DEFAULT_ATTRIBUTION_EVERY
+from probattr_monitor.report import DEFAULT_GATE_METRIC
+from probattr_monitor.scoring import ScoringConfig, build_report, score_probe, score_probes
 
 
 def main(argv=None) -> None:
@@ -113,9 +121,54 @@ def main(argv=None) -> None:
         summary["seconds_ratio"] = before["set_seconds_estimate"] / after["set_seconds_estimate"]
         print(f"sequential against the default: {summary['token_forwards_ratio']:.1f}x fewer token-forwards, "
               f"{summary['seconds_ratio']:.1f}x less time (same process, same probes)")
+    summary["gate_scorings"] = gate_scoring_cost(model, tok, probes, summary["scorings"]["Budget() (default)"],
+                                                 args.probes)
     summary["full_vocabulary"] = full_vocabulary_check()
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))
+
+
+def gate_scoring_cost(model, tok, probes, budget: dict, n_scored: int, every: int = DEFAULT_ATTRIBUTION_EVERY,
+                      repeats: int = 3) -> dict:
+    """A gate scoring of the whole set, timed, beside the attribution scoring's estimate; the default cadence's mean.
+
+    A gate scoring (docs/design.md section 10) is one forward over each rendered
+    prompt, so it is run on every probe of the set (``repeats`` times; the
+    fastest is kept). Its gate value on the probes that ``budget`` scored is
+    compared with the attribution report's, and the monitor's default cadence
+    (attribution on the first and every ``every``-th scoring, gate scorings
+    between) is priced per scoring on average.
+    """
+    config = ScoringConfig()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        scores = score_probes(model, tok, probes, config, attribution=False)
+        seconds.append(time.perf_counter() - started)
+    report = build_report(scores, tok, config)
+    gate_tf = int(report.meta["token_forwards"])
+    head = [s for s in scores if s.probe_id in {r["probe"] for r in budget["rows"]}]
+    gate_head = build_report(head, tok, config).metrics[DEFAULT_GATE_METRIC].value
+    attribution_tf, attribution_s = budget["set_token_forwards_estimate"], budget["set_seconds_estimate"]
+    mean_tf = (attribution_tf + (every - 1) * gate_tf) / every
+    mean_s = (attribution_s + (every - 1) * min(seconds)) / every
+    out = {
+        "gate_token_forwards": gate_tf, "gate_seconds": min(seconds), "gate_seconds_all": seconds,
+        "gate_value": report.metrics[DEFAULT_GATE_METRIC].value,
+        "gate_value_on_scored_probes": gate_head, "attribution_gate_value_on_scored_probes": budget["gate_value"],
+        "attribution_every": every, "mean_token_forwards_per_scoring": mean_tf, "mean_seconds_per_scoring": mean_s,
+        "today_over_default_cadence": attribution_tf / mean_tf,
+    }
+    print(f"\nthe monitor's default cadence (attribution_every='auto' = {every}: the attribution on the first and "
+          f"every {every}th scoring, a gate scoring between; docs/design.md section 10), {len(probes)} probes:")
+    print(f"{'scoring':<34} {'token-forwards':>15} {'seconds':>10} {DEFAULT_GATE_METRIC:>22}")
+    print(f"{'attribution, Budget() (estimate)':<34} {attribution_tf:>15,.0f} {attribution_s:>10.0f} "
+          f"{budget['gate_value']:>22.6f}  (first {n_scored} probes)")
+    print(f"{'gate scoring (measured, all probes)':<34} {gate_tf:>15,d} {min(seconds):>10.2f} {gate_head:>22.6f}  "
+          f"(first {n_scored} probes; {out['gate_value']:.6f} over all)")
+    print(f"{'mean per scoring, default cadence':<34} {mean_tf:>15,.0f} {mean_s:>10.0f}  "
+          f"= {out['today_over_default_cadence']:.1f}x fewer token-forwards than attributing every scoring")
+    return out
 
 
 def full_vocabulary_check(seeds: int = 20) -> Optional[dict]:
@@ -185,7 +238,8 @@ def cost_of(model, tok, probes, config: ScoringConfig, n_probes: int, name: str)
         "token_forwards_per_probe_mean": float(tf.mean()), "seconds_per_probe_mean": float(secs.mean()),
         "token_forwards_per_second": rate, "exact_over_budgeted": float(ex.sum() / tf.sum()),
         "set_token_forwards_estimate": set_tf, "set_seconds_estimate": set_tf / rate,
-        "noise_rate": float(report.metrics.noise_rate.value), "rows": rows,
+        "noise_rate": float(report.metrics.noise_rate.value),
+        "gate_value": float(report.metrics[DEFAULT_GATE_METRIC].value), "rows": rows,
     }
 
 

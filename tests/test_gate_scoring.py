@@ -301,3 +301,28 @@ def test_hf_callback_with_a_monitor_takes_attribution_every_from_it(word_probes)
         ProbAttrTrainerCallback(ProbAttrMonitor(word_probes), attribution_every=2)
     cb = ProbAttrTrainerCallback(ProbAttrMonitor(word_probes, schedule=Schedule(), attribution_every=2))
     assert cb.monitor.attribution_every == 2
+
+
+# --------------------------------------------------------------------------- the cost benchmark
+
+
+def test_monitor_cost_prices_the_default_cadence_from_a_real_gate_scoring(word_probes, lit_tok, capsys):
+    from benchmarks.monitor_cost import gate_scoring_cost
+    from helpers.lit import TinyLitLM
+    from probattr_monitor.probes import load_probe_set, render
+    from probattr_monitor.scoring import build_report, score_probes
+
+    model = TinyLitLM(lit_tok).model
+    probes = load_probe_set(word_probes)
+    config = scoring_config()
+    head = list(probes)[:2]
+    attributed = build_report(score_probes(model, lit_tok, head, config), lit_tok, config)
+    budget = {"rows": [{"probe": p.id} for p in head], "set_token_forwards_estimate": 1e6,
+              "set_seconds_estimate": 100.0, "gate_value": attributed.metrics["mean_surprisal_prefix"].value}
+    out = gate_scoring_cost(model, lit_tok, probes, budget, n_scored=2, every=10, repeats=1)
+    prompts = sum(len(render(p, lit_tok).ids) for p in probes)
+    assert out["gate_token_forwards"] == prompts
+    assert out["gate_value_on_scored_probes"] == pytest.approx(budget["gate_value"], abs=1e-6)
+    assert out["mean_token_forwards_per_scoring"] == pytest.approx((1e6 + 9 * prompts) / 10)
+    assert out["today_over_default_cadence"] == pytest.approx(1e6 / out["mean_token_forwards_per_scoring"])
+    assert "mean per scoring, default cadence" in capsys.readouterr().out
