@@ -1,12 +1,13 @@
 """Overhead of the training callbacks as a share of training time (benchmark script, not a test).
 
 One function per framework; each trains the corresponding example's model
-with the same seed and settings, once without the callback and once with it
-per ``attribution_every`` setting compared (the example's default schedule),
-and reports for each
+with the same seed and settings: without the callback, then with it once per
+``attribution_every`` setting compared (the example's default schedule), then
+without it again; and reports for each setting
 
-* ``wall``: ``(t_with - t_without) / t_without`` from the two wall-clock times
-  (noisy on a shared machine);
+* ``wall``: ``(t_with - t_without) / t_without``, ``t_without`` the mean of the
+  two runs without the callback (their difference shows the clock's drift
+  between runs; noisy on a shared machine);
 * ``accounted``: the callback's own measured time (scoring + logging tables
   and figures, summed over its scorings) as a share of the run with it,
   ``spent / t_with``, and per scoring;
@@ -97,8 +98,8 @@ def lightning_overhead(*, epochs: int = 4, n_train: int = 6_000, every_n_steps: 
     if use_wandb:
         from lightning.pytorch.loggers import WandbLogger
 
-    def run(setting: Any) -> dict[str, Any]:
-        out = workdir / ("without" if setting is None else f"with-{setting}")
+    def run(setting: Any, tag: str = "") -> dict[str, Any]:
+        out = workdir / (f"without{tag}" if setting is None else f"with-{setting}")
         module, _tok, probes = ex.build(out, n_train=n_train)
         loggers: list = [CSVLogger(out, name="csv")]
         if use_wandb:
@@ -116,11 +117,11 @@ def lightning_overhead(*, epochs: int = 4, n_train: int = 6_000, every_n_steps: 
         ids = module.train_data[0]  # padded to the longest sentence: every row is fed whole
         return _run_result(seconds, trainer.global_step, int(ids.numel()) * epochs, callbacks)
 
-    without = run(None)
+    without, withs = _bracketed(run, attribution_every)
     schedule = "every validation end (once per epoch)" + (f" + every {every_n_steps} steps" if every_n_steps else "")
-    return [summarise("lightning", schedule, epochs, run(setting), without,
+    return [summarise("lightning", schedule, epochs, with_cb, without,
                       {"n_train": n_train, "use_wandb": use_wandb, "attribution_every": setting})
-            for setting in attribution_every]
+            for setting, with_cb in zip(attribution_every, withs)]
 
 
 # --------------------------------------------------------------------------- HF Trainer
@@ -141,8 +142,8 @@ def hf_overhead(*, max_steps: int = 300, eval_steps: int = 50, batch_size: int =
     workdir = Path(workdir or tempfile.mkdtemp(prefix="probattr-overhead-hf-"))
     use_wandb = _offline_wandb(use_wandb)
 
-    def run(setting: Any) -> dict[str, Any]:
-        out = workdir / ("without" if setting is None else f"with-{setting}")
+    def run(setting: Any, tag: str = "") -> dict[str, Any]:
+        out = workdir / (f"without{tag}" if setting is None else f"with-{setting}")
         out.mkdir(parents=True, exist_ok=True)
         os.environ["WANDB_DIR"] = str(out)
         model, tokenizer, train, val, probes = ex.build(out)
@@ -163,10 +164,24 @@ def hf_overhead(*, max_steps: int = 300, eval_steps: int = 50, batch_size: int =
         steps = trainer.state.global_step
         return _run_result(seconds, steps, steps * batch_size * ex.BLOCK, callbacks)
 
-    without = run(None)
-    return [summarise("hf", f"every evaluation (every {eval_steps} steps)", None, run(setting), without,
+    without, withs = _bracketed(run, attribution_every)
+    return [summarise("hf", f"every evaluation (every {eval_steps} steps)", None, with_cb, without,
                       {"max_steps": max_steps, "use_wandb": use_wandb, "attribution_every": setting})
-            for setting in attribution_every]
+            for setting, with_cb in zip(attribution_every, withs)]
+
+
+def _bracketed(run: Any, settings: Sequence[Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The runs with the callback, one per setting, between two runs without it (the first also warms up).
+
+    The run without the callback is the mean of the two; ``seconds_runs`` keeps
+    both, so their difference shows how much the wall clock drifts between runs.
+    """
+    first = run(None, "-before")
+    withs = [run(setting) for setting in settings]
+    last = run(None, "-after")
+    without = dict(first, seconds=(first["seconds"] + last["seconds"]) / 2,
+                   seconds_runs=[first["seconds"], last["seconds"]])
+    return without, withs
 
 
 def summarise(framework: str, schedule: str, epochs: Optional[int], with_cb: dict, without: dict,
@@ -179,7 +194,8 @@ def summarise(framework: str, schedule: str, epochs: Optional[int], with_cb: dic
     return {
         "framework": framework, "schedule": schedule, "epochs": epochs, "steps": with_cb["steps"],
         "w&b": extra.get("use_wandb"), **{k: v for k, v in extra.items() if k != "use_wandb"},
-        "seconds_without": without["seconds"], "seconds_with": with_cb["seconds"],
+        "seconds_without": without["seconds"], "seconds_without_runs": without.get("seconds_runs"),
+        "seconds_with": with_cb["seconds"],
         "wall_overhead": (with_cb["seconds"] - without["seconds"]) / without["seconds"],
         "callback_seconds": spent, "accounted_share": spent / with_cb["seconds"],
         "n_scorings": len(with_cb["scorings"]),
@@ -210,7 +226,9 @@ def _print(res: dict[str, Any]) -> None:
     print(f"[{res['framework']}] {span}{res['steps']} optimizer steps, schedule: {res['schedule']}, "
           f"attribution_every={res['attribution_every']!r} ({res['n_attribution_scorings']} of {res['n_scorings']} "
           f"scorings attribute), W&B offline: {res['w&b']}")
-    print(f"  training without the callback: {res['seconds_without']:.1f} s; with it: {res['seconds_with']:.1f} s "
+    runs = res.get("seconds_without_runs") or []
+    print(f"  training without the callback: {res['seconds_without']:.1f} s (mean of "
+          f"{', '.join(f'{t:.1f}' for t in runs)} s, before and after); with it: {res['seconds_with']:.1f} s "
           f"-> wall-clock overhead {100 * res['wall_overhead']:+.1f}%")
     print(f"  callback's own time: {res['callback_seconds']:.1f} s over {res['n_scorings']} scorings "
           f"({res['score_s_per_scoring']:.2f} s scoring + {res['log_s_per_scoring']:.2f} s logging each) "

@@ -55,7 +55,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -91,8 +93,7 @@ def main(argv=None) -> None:
         replay_report(args.replay_report, args.share, args.seeds)
         return
     if args.full_vocab_fixtures:
-        from benchmarks import full_vocab
-
+        full_vocab = _full_vocab_module()
         full_vocab.main(["--out", args.full_vocab_fixtures, "--positions", str(args.positions), "--set", args.set])
         return
 
@@ -171,14 +172,23 @@ def gate_scoring_cost(model, tok, probes, budget: dict, n_scored: int, every: in
     return out
 
 
+def _full_vocab_module():
+    """``benchmarks.full_vocab``, also when this file runs as a script (``python benchmarks/monitor_cost.py``)."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import full_vocab
+
+    return full_vocab
+
+
 def full_vocabulary_check(seeds: int = 20) -> Optional[dict]:
     """Budget() and the sequential ladder's first stage replayed on the stored full-vocabulary fixtures.
 
     Seconds, no model: ``tests/fixtures/full_vocab`` holds SmolLM2 positions scored
     exactly over all 49,152 ids (``benchmarks/full_vocab.py``). ``None`` without them.
     """
-    from benchmarks import full_vocab
-
+    full_vocab = _full_vocab_module()
     fixtures = full_vocab.load_fixtures(full_vocab.FIXTURE_DIR)
     if not fixtures:
         return None

@@ -181,7 +181,7 @@ class FileSink:
             return out
         if report.meta.get("status", "complete") != "partial":
             try:
-                self._write_scoring_history(report, int(step))
+                self._write_scoring_history(report, int(step), figures=report.metrics.scope != PREFIX_SCOPE)
             except Exception as err:
                 self._fail(step, f"updating {HISTORY_STATE_FILE} and the history figures", err)
         self.logged_steps.append(int(step))
@@ -199,7 +199,7 @@ class FileSink:
         text = "".join(json.dumps(h, ensure_ascii=False, allow_nan=True) + "\n" for h in lines)
         atomic_write_text(self.history_path, text)
 
-    def _write_scoring_history(self, report: Report, step: int) -> None:
+    def _write_scoring_history(self, report: Report, step: int, figures: bool = True) -> None:
         if not self._history_loaded:
             self._history_loaded = True
             path = self.directory / HISTORY_STATE_FILE
@@ -213,7 +213,7 @@ class FileSink:
         writer.writerow(self.history.probe_columns)
         writer.writerows(self.history.probe_rows)
         atomic_write_text(self.directory / PROBE_HISTORY_FILE, buf.getvalue())
-        if self.plots and not self._plots_unavailable:
+        if figures and self.plots and not self._plots_unavailable:  # not at a gate scoring (its cost)
             try:
                 render_history_figures(self.history, self.directory)
             except ImportError:

@@ -299,7 +299,9 @@ class WandbSink:
             data.update(report.metrics.scalars(prefix=f"{p}/"))
         if self.history is not None and report.meta.get("status", "complete") != "partial":
             self.history.add(report, step)
-            self._history_payload(data, cap, image_dir)
+            # a gate scoring moves only the gate: its native line chart is re-logged, the images wait
+            # for the next attribution scoring (drawing them costs more than the gate scoring itself)
+            self._history_payload(data, cap, None if gate_scoring else image_dir)
         return data
 
     def _history_payload(self, data: dict[str, Any], cap: int, image_dir: Optional[Path]) -> None:
