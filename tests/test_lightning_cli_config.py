@@ -111,3 +111,15 @@ def test_bad_setting_in_yaml_fails_at_setup(tmp_path):
     path.write_text(path.read_text().replace("metric: noise_rate", "metric: not_a_metric"))
     with pytest.raises(ValueError, match="metric must be one of"):
         LightningCLI(CLIModule, run=False, parser_kwargs={"exit_on_error": False}, args=["--config", str(path)])
+
+
+@pytest.mark.parametrize("value, expected", [("3", 3), ("null", None), ("auto", 10)])
+def test_attribution_every_from_yaml(tmp_path, value, expected):
+    path = Path(_config(tmp_path, '"all"'))
+    lines = [line for line in path.read_text().splitlines() if line.strip() not in ("metric: noise_rate", "mode: max")]
+    at = next(i for i, line in enumerate(lines) if line.strip() == "prefix: probes_yaml")
+    indent = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
+    lines.insert(at + 1, f"{indent}attribution_every: {value}")
+    path.write_text("\n".join(lines) + "\n")
+    cli = LightningCLI(CLIModule, run=False, parser_kwargs={"exit_on_error": False}, args=["--config", str(path)])
+    assert _callback(cli).monitor.attribution_every == expected
