@@ -316,26 +316,20 @@ class SetMetrics:
             "prefix"``) has only the metrics it computes and ``n_probes``: no
             key of a quantity it did not compute is logged as NaN.
         """
+        gate_only = self.scope == PREFIX_SCOPE
         out: dict[str, float] = {}
-        if self.scope == PREFIX_SCOPE:
-            for name in PREFIX_METRIC_NAMES:
-                mv = getattr(self, name)
-                out[f"{prefix}{name}"] = float(mv.value)
-                if include_ci:
-                    out[f"{prefix}{name}_ci_low"] = float(mv.low)
-                    out[f"{prefix}{name}_ci_high"] = float(mv.high)
-            if include_counts:
-                out[f"{prefix}n_probes"] = float(self.n_probes)
-            return out
         for name, mv in self.values.items():
+            if gate_only and name not in PREFIX_METRIC_NAMES:
+                continue
             out[f"{prefix}{name}"] = float(mv.value)
             if include_ci:
                 out[f"{prefix}{name}_ci_low"] = float(mv.low)
                 out[f"{prefix}{name}_ci_high"] = float(mv.high)
         if include_counts:
-            out[f"{prefix}n_tokens"] = float(self.n_tokens)
+            if not gate_only:
+                out[f"{prefix}n_tokens"] = float(self.n_tokens)
             out[f"{prefix}n_probes"] = float(self.n_probes)
-            for c in AS_CLASSES:
+            for c in () if gate_only else AS_CLASSES:
                 out[f"{prefix}count_{c}"] = float(self.class_counts.get(c, 0))
         return out
 
