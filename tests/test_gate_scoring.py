@@ -326,3 +326,34 @@ def test_monitor_cost_prices_the_default_cadence_from_a_real_gate_scoring(word_p
     assert out["mean_token_forwards_per_scoring"] == pytest.approx((1e6 + 9 * prompts) / 10)
     assert out["today_over_default_cadence"] == pytest.approx(1e6 / out["mean_token_forwards_per_scoring"])
     assert "mean per scoring, default cadence" in capsys.readouterr().out
+
+
+def _plateau_module(tok, key):
+    from helpers.lit import TinyLitLM
+
+    class PlateauLM(TinyLitLM):
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.parameters(), lr=self.lr)
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", patience=5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": key, "interval": "epoch"}}
+
+    return PlateauLM(tok)
+
+
+def test_lightning_plateau_scheduler_on_an_attribution_key(word_probes, lit_tok, tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from helpers.lit import trainer_kwargs
+    from probattr_monitor.callbacks import ProbAttrCallback
+
+    # "auto": the scheduler reads noise_rate, so every scoring attributes
+    cb = ProbAttrCallback(probes=word_probes, scoring=scoring_config(), log_plots=False, wandb=False)
+    pl.Trainer(callbacks=[cb], **trainer_kwargs(default_root_dir=tmp_path, max_epochs=2)).fit(
+        _plateau_module(lit_tok, "probattr/noise_rate"))
+    assert cb.monitor.attribution_every == 1 and [h.scope for h in cb.history] == ["attribution"] * 2
+    # explicit: refused before the first step
+    cb = ProbAttrCallback(probes=word_probes, scoring=scoring_config(), log_plots=False, wandb=False,
+                          attribution_every=3)
+    trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(default_root_dir=tmp_path / "b", max_epochs=2))
+    with pytest.raises(ValueError, match="lr scheduler monitors 'probattr/noise_rate'.*attribution_every=1"):
+        trainer.fit(_plateau_module(lit_tok, "probattr/noise_rate"))
+    assert trainer.global_step == 0 and cb.history == []

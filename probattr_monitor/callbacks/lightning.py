@@ -425,6 +425,8 @@ class ProbAttrCallback(Callback):
             require_wandb(type(self).__name__)
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # the schedulers exist from here on (configure_optimizers ran after `setup`)
+        timing.check_scheduler_keys(trainer, self.monitor)
         problem = None
         try:
             self._model = self._resolve_model(pl_module, self.monitor.tokenizer, trainer)

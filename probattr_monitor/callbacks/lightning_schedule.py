@@ -76,6 +76,29 @@ def check_watched_keys(trainer: "pl.Trainer", prefix: str, known: set[str], moni
             )
 
 
+def check_scheduler_keys(trainer: "pl.Trainer", monitor: Any) -> None:
+    """A plateau scheduler monitoring a ``{prefix}/`` key: tell ``monitor`` (:meth:`ProbAttrMonitor.gate_reads`), then check it.
+
+    Raises
+    ------
+    ValueError
+        The key is logged only by attribution scorings and ``monitor.attribution_every``
+        was set explicitly to something other than 1.
+    """
+    head = f"{monitor.prefix}/"
+    for config in getattr(trainer, "lr_scheduler_configs", None) or []:
+        key = getattr(config, "monitor", None)
+        if not (isinstance(key, str) and key.startswith(head)):
+            continue
+        monitor.gate_reads(key)
+        if key in monitor.scalar_keys() and key not in monitor.every_scoring_keys():
+            raise ValueError(
+                f"the lr scheduler monitors {key!r}, which only attribution scorings log, and attribution_every="
+                f"{monitor.attribution_every!r} makes the other scorings gate scorings without it: monitor one of "
+                f"{', '.join(monitor.every_scoring_keys())}, or set attribution_every=1"
+            )
+
+
 def reads_at(cb: Any, trainer: "pl.Trainer") -> str:
     """When a watcher reads the metric: ``"train_batch"``, ``"train_epoch"``, ``"validation"`` or ``"time"``."""
     if isinstance(cb, EarlyStopping):
