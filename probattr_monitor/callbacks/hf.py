@@ -47,7 +47,9 @@ How it fits the Trainer (read from ``transformers.Trainer``; docs/design.md sect
   metrics of :data:`~probattr_monitor.report.METRIC_NAMES` (``noise_rate``,
   ``near_zero_rate``, ``mean_entropy_full``...), their bootstrap intervals
   ``<name>_ci_low`` / ``<name>_ci_high``, and the counts ``n_tokens``,
-  ``n_probes``, ``count_<class>``. Write ``metric_for_best_model=
+  ``n_probes``, ``count_<class>``; a gate scoring (``attribution_every``,
+  docs/design.md section 10) injects only the gate metric's three keys and
+  ``n_probes``. Write ``metric_for_best_model=
   "probattr_mean_surprisal_prefix"`` (HF prepends ``eval_``; the monitor's
   default gate) with ``greater_is_better=False``.
   The prefix follows the monitor's ``prefix`` (default ``probattr``).
