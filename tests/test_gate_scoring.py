@@ -109,6 +109,10 @@ def test_gate_report_logs_only_what_it_computed_and_survives_a_save(tmp_path):
     assert list(scalars) == gate_scalar_names()
     assert all(math.isfinite(v) for v in scalars.values())
     assert list(full.metrics.scalars(prefix="")) == scalar_names()
+    from probattr_monitor.report.figures import scoring_figures
+
+    assert gate.metrics.gate_scoring and not full.metrics.gate_scoring
+    assert scoring_figures(gate) == {} and scoring_figures(full)  # no AS to draw in a gate scoring
     gate.save(tmp_path / "g")
     loaded = Report.load(tmp_path / "g")
     assert loaded.metrics.scope == "prefix" and loaded.metrics.scalars(prefix="") == scalars

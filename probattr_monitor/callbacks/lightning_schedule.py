@@ -91,7 +91,7 @@ def check_scheduler_keys(trainer: "pl.Trainer", monitor: Any) -> None:
         if not (isinstance(key, str) and key.startswith(head)):
             continue
         monitor.gate_reads(key)
-        if key in monitor.scalar_keys() and key not in monitor.every_scoring_keys():
+        if monitor.logged_only_by_attribution(key):
             raise ValueError(
                 f"the lr scheduler monitors {key!r}, which only attribution scorings log, and attribution_every="
                 f"{monitor.attribution_every!r} makes the other scorings gate scorings without it: monitor one of "

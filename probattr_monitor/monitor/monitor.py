@@ -274,6 +274,10 @@ class ProbAttrMonitor:
             return self.scalar_keys()
         return [f"{self.prefix}/{name}" for name in gate_scalar_names()]
 
+    def logged_only_by_attribution(self, key: str) -> bool:
+        """Whether ``key`` is a scalar key that attribution scorings log and, at this cadence, gate scorings do not."""
+        return key in self.scalar_keys() and key not in self.every_scoring_keys()
+
     def gate_reads(self, key: str) -> None:
         """Tell the monitor that a gate (a checkpoint, early-stopping or best-model rule) reads ``key`` at every scoring.
 
@@ -282,8 +286,7 @@ class ProbAttrMonitor:
         explicit setting is left alone: the callbacks then refuse the gate at
         setup, naming the keys every scoring logs.
         """
-        if (self.attribution_auto and self.attribution_every != 1 and key in self.scalar_keys()
-                and key not in self.every_scoring_keys()):
+        if self.attribution_auto and self.logged_only_by_attribution(key):
             logger.info("probattr: a gate reads %s, which only attribution scorings log: every scoring attributes "
                         "(attribution_every='auto' -> 1)", key)
             self.attribution_every = 1

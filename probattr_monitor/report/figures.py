@@ -110,10 +110,11 @@ def scoring_figures(
         Fig. 6, ``<name>.png``), ``tokens/<probe_id>`` (``tokens_<stem>.png``) and
         with ``html`` ``tokens_html/<probe_id>`` (``tokens_<stem>.html``), where
         ``<stem>`` is :func:`safe_file_stem` of the probe id, with ``_``
-        appended until it is unique. Empty for a report without tokens.
+        appended until it is unique. Empty for a report without tokens, and
+        for a gate scoring's (``report.metrics.gate_scoring``: no AS to draw).
     """
     table = report.table
-    if len(table) == 0:
+    if len(table) == 0 or report.metrics.gate_scoring:
         return {}
     cfg = noise_config_of(report) if cfg is None else cfg
     entropy_title = kl_title = None

@@ -275,6 +275,11 @@ class SetMetrics:
     notes: tuple = ()
     scope: str = ATTRIBUTION_SCOPE
 
+    @property
+    def gate_scoring(self) -> bool:
+        """Whether these are a gate scoring's metrics (``scope == "prefix"``: no attribution in them)."""
+        return self.scope == PREFIX_SCOPE
+
     def __getitem__(self, name: str) -> MetricValue:
         if name not in METRIC_NAMES:
             raise KeyError(f"unknown metric {name!r}; known: {METRIC_NAMES}")
@@ -316,7 +321,7 @@ class SetMetrics:
             "prefix"``) has only the metrics it computes and ``n_probes``: no
             key of a quantity it did not compute is logged as NaN.
         """
-        gate_only = self.scope == PREFIX_SCOPE
+        gate_only = self.gate_scoring
         out: dict[str, float] = {}
         for name, mv in self.values.items():
             if gate_only and name not in PREFIX_METRIC_NAMES:

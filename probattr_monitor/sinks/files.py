@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 from probattr_monitor.io_utils import atomic_write_text
 from probattr_monitor.report import Report
 from probattr_monitor.report.figures import DEFAULT_MAX_TOKEN_PLOTS, render_plots
-from probattr_monitor.report.definitions import DEFAULT_GATE_METRIC, PREFIX_SCOPE
+from probattr_monitor.report.definitions import DEFAULT_GATE_METRIC
 from probattr_monitor.report.report import TABLE_FILES, normalize_meta
 from probattr_monitor.sinks.history import ScoringHistory, render_history_figures
 
@@ -166,7 +166,7 @@ class FileSink:
         except Exception as err:
             self._fail(step, "saving the report", err)
             return None
-        if self.plots and not self._plots_unavailable and report.metrics.scope != PREFIX_SCOPE:
+        if self.plots and not self._plots_unavailable:
             try:
                 render_plots(report, out, max_token_plots=self.max_token_plots, html=True)
             except ImportError as err:
@@ -181,7 +181,7 @@ class FileSink:
             return out
         if report.meta.get("status", "complete") != "partial":
             try:
-                self._write_scoring_history(report, int(step), figures=report.metrics.scope != PREFIX_SCOPE)
+                self._write_scoring_history(report, int(step), figures=not report.metrics.gate_scoring)
             except Exception as err:
                 self._fail(step, f"updating {HISTORY_STATE_FILE} and the history figures", err)
         self.logged_steps.append(int(step))

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from probattr_monitor.report import DEFAULT_GATE_METRIC, METRIC_NAMES, Report, gate_mode
-from probattr_monitor.report.definitions import PREFIX_SCOPE
 
 __all__ = ["DEFAULT_MAX_TOKEN_ROWS_PER_STEP", "HISTORY_FIGURES", "SET_ROW_ID", "ScoringHistory", "render_history_figures"]
 
@@ -129,7 +128,7 @@ class ScoringHistory:
 
     def _add_tokens(self, report: Report, step: int) -> None:
         table = report.table
-        if not len(table) or "as_class" not in table.columns or report.metrics.scope == PREFIX_SCOPE:
+        if not len(table) or "as_class" not in table.columns or report.metrics.gate_scoring:
             return  # a gate scoring has no AS class or noise flag to follow
         current: dict[str, list] = {}
         noise_rows, changed_rows = [], []

@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 from probattr_monitor.distributed import is_rank_zero
 from probattr_monitor.report import Report
-from probattr_monitor.report.definitions import DEFAULT_GATE_METRIC, PREFIX_SCOPE
+from probattr_monitor.report.definitions import DEFAULT_GATE_METRIC
 from probattr_monitor.report.figures import DEFAULT_MAX_TOKEN_PLOTS, render_plots
 from probattr_monitor.sinks.history import (DEFAULT_MAX_TOKEN_ROWS_PER_STEP, TOKEN_COLUMNS, ScoringHistory,
                                             render_history_figures)
@@ -273,7 +273,7 @@ class WandbSink:
         data: dict[str, Any] = {self.step_key: int(step)}
         table = report.table
         cap = min(self.max_rows_per_table, int(getattr(wandb.Table, "MAX_ROWS", self.max_rows_per_table)))
-        gate_scoring = report.metrics.scope == PREFIX_SCOPE  # no attribution: no token table, no figure
+        gate_scoring = report.metrics.gate_scoring  # no attribution: no token table (and no figure)
         keys = [] if gate_scoring else table_keys(p, len(table), cap)
         for i, key in enumerate(keys):
             part = table.iloc[i * cap:(i + 1) * cap].reset_index(drop=True)
@@ -283,7 +283,7 @@ class WandbSink:
         if errors:
             data[f"{p}/errors"] = wandb.Table(columns=["probe_id", "error"],
                                               data=[[str(k), str(v)] for k, v in errors.items()])
-        if self.log_plots and image_dir is not None and not self._plots_unavailable and not gate_scoring:
+        if self.log_plots and image_dir is not None and not self._plots_unavailable:
             try:
                 plots = render_plots(report, image_dir, max_token_plots=self.max_token_plots)
             except ImportError as err:
