@@ -242,7 +242,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
                  f"{s['probattr/noise_rate_ci_high']:.3f})" if "probattr/noise_rate" in s else f"{'-':>26}")
         print(f"{h.step:>5}  {h.value:21.3f}  ({s[gate + '_ci_low']:.3f}, {s[gate + '_ci_high']:.3f})  "
               f"{noise}   {h.n_scored:>6}  {h.scope}")
-    responses = probattr.last_report.meta.get("responses", {}) if probattr.last_report else {}
+    attributed = probattr.monitor.last_attribution_report  # gate scorings generate no response
+    responses = attributed.meta.get("responses", {}) if attributed is not None else {}
+    if responses:
+        print(f"responses at step {attributed.step} (the last attribution scoring):")
     for pid, text in responses.items():
         print(f"  {pid:>13}: {next(p['prompt'] for p in PROBES if p['id'] == pid)!r} -> {text!r}")
     spent = sum(t["score_s"] + t["log_s"] for t in probattr.timings)

@@ -25,7 +25,7 @@ from probattr_monitor.engine.memory import (
     is_out_of_memory,
     oom_site,
 )
-from probattr_monitor.engine.prefix import prefix_surprisal
+from probattr_monitor.engine.prefix import is_prefix_result, prefix_surprisal
 from probattr_monitor.engine.sequential import SequentialBudget, attribute_sequential
 from probattr_monitor.engine.replacement import (
     DEFAULT_MASS,
@@ -376,7 +376,8 @@ def build_report(
         "seconds": sum(s.seconds for s in scores),
         "token_forwards": sum(int(s.result.info.get("token_forwards", 0)) for s in ok),
         **_replacement_meta(ok),
-        "responses": {s.probe_id: s.result.response_text for s in ok},
+        # a gate pass generates no response: none is recorded (not an empty one)
+        "responses": {s.probe_id: s.result.response_text for s in ok if not is_prefix_result(s.result)},
     }
     if probe_set is not None:
         full_meta["probes"] = probe_set.manifest()

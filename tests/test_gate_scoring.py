@@ -361,3 +361,14 @@ def test_lightning_plateau_scheduler_on_an_attribution_key(word_probes, lit_tok,
     with pytest.raises(ValueError, match="lr scheduler monitors 'probattr/noise_rate'.*attribution_every=1"):
         trainer.fit(_plateau_module(lit_tok, "probattr/noise_rate"))
     assert trainer.global_step == 0 and cb.history == []
+
+
+def test_a_gate_scoring_records_no_response_and_the_monitor_keeps_the_last_attribution(word_probes, lit_tok):
+    from helpers.lit import TinyLitLM
+
+    model = TinyLitLM(lit_tok).model
+    monitor = _monitor(word_probes, lit_tok, attribution_every=3)
+    first = monitor.run(model, 1)
+    gate = monitor.run(model, 2)
+    assert set(first.meta["responses"]) == {p.id for p in monitor.probe_set} and gate.meta["responses"] == {}
+    assert monitor.last_attribution_report is first

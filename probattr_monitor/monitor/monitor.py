@@ -253,6 +253,8 @@ class ProbAttrMonitor:
         self.attribution_auto = auto
         self.state = MonitorState()
         self._checked_for: Optional[tuple] = None
+        #: The report of the last scoring that attributed (tables, responses), whatever came after it.
+        self.last_attribution_report: Optional[Report] = None
 
     # ------------------------------------------------------------------ keys
     @property
@@ -404,6 +406,8 @@ class ProbAttrMonitor:
         )
         entry = self._record(report, scores, step, time.monotonic() - started)
         report.meta["status"] = entry.status
+        if not report.metrics.gate_scoring:
+            self.last_attribution_report = report
         return report
 
     def record_failure(self, step: int, error: str, seconds: float = 0.0) -> HistoryEntry:
