@@ -309,7 +309,7 @@ def replay(rec, budget):
         st, se, extra = estimate_position(r["k"], r["ids"], rec["prompt"][r["k"]], r["prior"], budget,
                                           score_fn, screen_fn, rec["lpr"], suffix_len=suffix_len)
         cost = (extra["num_screened"] + extra["num_refined"] * extra["refine_depth"]
-                + (extra["num_exact"] + extra["num_sampled"]) * suffix_len)
+                + (extra["num_exact"] + extra["num_sampled"]) * suffix_len - extra["reused_token_forwards"])
         res.append((st, se, extra, cost))
     return res
 

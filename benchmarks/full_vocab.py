@@ -169,7 +169,9 @@ def replay(fx: Fixture, budget: Budget) -> tuple[PositionStats, np.ndarray, dict
 
     The token-forwards are counted as the engine counts them for this position
     (screened ids + refined ids times the refine depth + scored ids times
-    ``T_k``; the full pass, shared by all positions of a probe, is not included).
+    ``T_k``, less the row tokens resumed from an earlier stage's states,
+    ``extra["reused_token_forwards"]``; the full pass, shared by all positions
+    of a probe, is not included).
 
     Raises
     ------
@@ -193,7 +195,8 @@ def replay(fx: Fixture, budget: Budget) -> tuple[PositionStats, np.ndarray, dict
 
     st, se, extra = estimate_position(fx.position, ids, fx.prompt[fx.position], prior, budget, score_fn,
                                       screen_fn, fx.log_p_response, suffix_len=fx.suffix_len)
-    cost = extra["num_screened"] + extra["num_refined"] * extra["refine_depth"] + scored[0] * fx.suffix_len
+    cost = (extra["num_screened"] + extra["num_refined"] * extra["refine_depth"] + scored[0] * fx.suffix_len
+            - extra["reused_token_forwards"])
     return st, se, extra, int(cost)
 
 

@@ -4,8 +4,11 @@ Scores the first ``--probes`` probes of a probe set with SmolLM2-135M-Instruct
 exactly as :class:`~probattr_monitor.monitor.ProbAttrMonitor` does with its
 default :class:`~probattr_monitor.scoring.ScoringConfig` (budgeted estimator,
 ``Budget()``; greedy 20-token responses) and, beside it in the same process
-(unless ``--no-baseline``), with the opt-in sequential ladder
-(``ScoringConfig(candidates=SequentialBudget())``), and reports per probe:
+(unless ``--no-baseline``), with a baseline: ``--baseline whole-rows`` (the
+default: ``Budget(reuse_states=False)``, every candidate row fed whole, the
+default before rows resumed from earlier stages) or ``--baseline sequential``
+(the opt-in ladder, ``ScoringConfig(candidates=SequentialBudget())``), and
+reports per probe:
 
 * token-forwards of the budgeted scoring (``info["token_forwards"]``) and what
   exact scoring over the whole vocabulary would have cost
@@ -31,6 +34,7 @@ its probes (no model call), and the seconds from the measured throughput.
 Run::
 
     python benchmarks/monitor_cost.py --probes 4 [--set reasonable-en] [--threads 2] [--json out.json]
+    python benchmarks/monitor_cost.py --probes 2 --baseline sequential
 
 Two further modes (no model needed for the first, seconds):
 
@@ -72,6 +76,12 @@ from probattr_monitor.monitor.monitor import DEFAULT_ATTRIBUTION_EVERY
 from probattr_monitor.report import DEFAULT_GATE_METRIC
 from probattr_monitor.scoring import ScoringConfig, build_report, score_probe, score_probes
 
+#: ``--baseline`` choices: (name in the output, candidates).
+BASELINES = {
+    "whole-rows": ("Budget(reuse_states=False)", Budget(reuse_states=False)),
+    "sequential": ("sequential (opt-in)", SequentialBudget()),
+}
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,8 +89,9 @@ def main(argv=None) -> None:
     parser.add_argument("--probes", type=int, default=4, help="how many of its probes to score")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="write the figures here")
-    parser.add_argument("--no-baseline", action="store_true",
-                        help="score the default only, not the sequential ladder beside it")
+    parser.add_argument("--no-baseline", action="store_true", help="score the default only, no baseline beside it")
+    parser.add_argument("--baseline", choices=tuple(BASELINES), default="whole-rows",
+                        help="what to score beside the default (default: %(default)s)")
     parser.add_argument("--replay-report", default=None, help="report directory scored with today's default")
     parser.add_argument("--share", type=float, default=0.1, help="share of positions sampled in the replay")
     parser.add_argument("--seeds", type=int, default=1000, help="seeds of the replay")
@@ -101,7 +112,8 @@ def main(argv=None) -> None:
     probes = load_probe_set(args.set)
     configs = {"Budget() (default)": ScoringConfig()}  # the monitor's default
     if not args.no_baseline:
-        configs["sequential (opt-in)"] = ScoringConfig(candidates=SequentialBudget())
+        name, candidates = BASELINES[args.baseline]
+        configs[name] = ScoringConfig(candidates=candidates)
     summary = {"model": "SmolLM2-135M-Instruct", "probe_set": args.set, "probes_in_set": len(probes),
                "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
                "scorings": {}}
@@ -110,18 +122,23 @@ def main(argv=None) -> None:
     print()
     print(f"{summary['model']}, {summary['machine']}, {summary['threads']} threads, first {args.probes} "
           f"'{args.set}' probes, extrapolated to the {len(probes)} of the set")
-    print(f"{'scoring':<20} {'tf/probe':>9} {'s/probe':>8} {'tf/s':>6} {'set tf':>8} {'set min':>8} "
+    print(f"{'scoring':<28} {'tf/probe':>9} {'s/probe':>8} {'tf/s':>6} {'set tf':>8} {'set min':>8} "
           f"{'noise rate':>10}")
     for name, r in summary["scorings"].items():
-        print(f"{name:<20} {r['token_forwards_per_probe_mean']:>9.0f} {r['seconds_per_probe_mean']:>8.1f} "
+        print(f"{name:<28} {r['token_forwards_per_probe_mean']:>9.0f} {r['seconds_per_probe_mean']:>8.1f} "
               f"{r['token_forwards_per_second']:>6.0f} {r['set_token_forwards_estimate'] / 1e6:>7.2f}M "
               f"{r['set_seconds_estimate'] / 60:>8.1f} {r['noise_rate']:>10.4f}")
     if len(summary["scorings"]) == 2:
-        before, after = summary["scorings"].values()
-        summary["token_forwards_ratio"] = before["set_token_forwards_estimate"] / after["set_token_forwards_estimate"]
-        summary["seconds_ratio"] = before["set_seconds_estimate"] / after["set_seconds_estimate"]
-        print(f"sequential against the default: {summary['token_forwards_ratio']:.1f}x fewer token-forwards, "
-              f"{summary['seconds_ratio']:.1f}x less time (same process, same probes)")
+        default, baseline = summary["scorings"].values()
+        ratio = baseline["set_token_forwards_estimate"] / default["set_token_forwards_estimate"]
+        seconds_ratio = baseline["set_seconds_estimate"] / default["set_seconds_estimate"]
+        summary["baseline"] = args.baseline
+        summary["baseline_over_default_token_forwards"] = ratio
+        summary["baseline_over_default_seconds"] = seconds_ratio
+        summary["baseline_noise_rate_difference"] = default["noise_rate"] - baseline["noise_rate"]
+        print(f"baseline {args.baseline}: {ratio:.3f}x the default's token-forwards and {seconds_ratio:.3f}x its "
+              f"time (same process, same probes); noise rate {baseline['noise_rate']:.4f}, the default's "
+              f"{default['noise_rate']:.4f}")
     summary["gate_scorings"] = gate_scoring_cost(model, tok, probes, summary["scorings"]["Budget() (default)"],
                                                  args.probes)
     summary["full_vocabulary"] = full_vocabulary_check()

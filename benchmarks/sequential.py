@@ -69,7 +69,8 @@ def position_costs(res) -> np.ndarray:
     length = len(res.prompt_ids) + len(res.response_ids)
     suffix = length - res.positions - 1
     per = (np.asarray(info["num_screened"]) + np.asarray(info["num_refined"]) * np.asarray(info["refine_depth"])
-           + (np.asarray(info["num_exact"]) + np.asarray(info["num_sampled"])) * suffix)
+           + (np.asarray(info["num_exact"]) + np.asarray(info["num_sampled"])) * suffix
+           - np.asarray(info.get("reused_token_forwards", 0)))
     if info.get("path") != "full" and int(per.sum()) + length != int(info["token_forwards"]):
         logger.warning("cost model off: %d + %d != %d", per.sum(), length, info["token_forwards"])
     return per.astype(np.float64)

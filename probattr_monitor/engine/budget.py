@@ -52,6 +52,14 @@ class Budget:
         Candidate ids the estimator is restricted to (the original token is
         always added); default: the whole output vocabulary. With a universe,
         the estimate targets exact scoring with ``candidates=universe``.
+    reuse_states : bool, default True
+        Keep the KV states of the screen and refine stages' rows and resume a
+        later stage's row of the same id from them
+        (:mod:`~probattr_monitor.engine.stages`), instead of feeding its first
+        tokens again. The estimates are the same up to float rounding; it
+        saves the ``reused`` term of the cost model below. The states kept at
+        one position are bounded by half the engine's memory budget (rows
+        beyond it are fed whole). ``False``: the cost without it (benchmarks).
 
     Cost model
     ----------
@@ -60,12 +68,15 @@ class Budget:
     position ``k``, ``U_k`` the universe, ``S_k`` the screened and ``R_k`` the
     refined ids and ``d_k = max(2, ceil(refine_depth * T_k))``::
 
-        budgeted = L + sum_k [ |S_k| + |R_k| * d_k + (|E_k| + sampled_k) * T_k ]
+        budgeted = L + sum_k [ |S_k| + |R_k| * d_k + (|E_k| + sampled_k) * T_k - reused_k ]
         exact    = L + sum_k  |U_k| * T_k
 
     with ``|S_k| <= screen``, ``|R_k| <= refine``, ``|E_k| <= max_candidates``
     and ``sampled_k <= tail_samples``: the defaults cost at most
-    ``1024 + 64 T_k + 64 T_k`` per position. (On models without a KV cache
+    ``1024 + 64 T_k + 64 T_k`` per position. ``reused_k`` (with
+    ``reuse_states``) is one token per refined id that was screened plus, per
+    scored id, the tokens its deepest screening stage fed (1 or ``d_k``):
+    ``info["reused_token_forwards"]``. (On models without a KV cache
     every row also carries the prefix: ``k + 1`` per screened id, ``k + d_k``
     per refined one, ``L - 1`` per scored one.) ``info["exact_token_forwards"]``
     reports what exact scoring would have cost, and
@@ -93,8 +104,11 @@ class Budget:
     refine_depth: float = 0.25
     seed: int = 0
     universe: Optional[tuple] = None
+    reuse_states: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.reuse_states, bool):
+            raise TypeError(f"Budget.reuse_states must be True or False, got {type(self.reuse_states).__name__}")
         _check_int(self.max_candidates, "max_candidates")
         if self.max_candidates < 1:
             raise ValueError(
@@ -162,6 +176,7 @@ class Budget:
             "refine_depth": self.refine_depth,
             "seed": self.seed,
             "universe_size": None if self.universe is None else len(self.universe),
+            "reuse_states": self.reuse_states,
         }
 
 

@@ -39,7 +39,6 @@ from probattr_monitor.engine.budget import Budget
 from probattr_monitor.engine.modes import scoring_mode
 from probattr_monitor.engine.passes import (
     assemble_result,
-    candidate_scores,
     full_pass,
     prompt_token_log_probs,
     response_log_prob,
@@ -47,7 +46,8 @@ from probattr_monitor.engine.passes import (
 )
 from probattr_monitor.engine.result import AttributionResult
 from probattr_monitor.engine.runner import DEFAULT_MEMORY_BUDGET_MB, ModelRunner
-from probattr_monitor.engine.screening import screen_log_probs, screen_scores
+from probattr_monitor.engine.screening import reusable_token_forwards, screen_scores
+from probattr_monitor.engine.stages import StagedRows
 from probattr_monitor.engine.stats import PositionStats, position_stats
 from probattr_monitor.engine.tail import STDERR_FIELDS, priority_sample, proposal, tail_estimate
 from probattr_monitor.engine.validation import check_candidates, validate_request
@@ -89,8 +89,9 @@ def attribute_budgeted(
         universe), ``screen_token_forwards`` and per-position arrays
         ``prior_mass_covered`` (share of the universe's prior mass in ``E``),
         ``posterior_mass_covered`` (estimated share of ``N`` in ``E``),
-        ``num_exact``, ``num_sampled``, ``num_screened`` and ``exact_sums``
-        (True where every candidate was scored).
+        ``num_exact``, ``num_sampled``, ``num_screened``, ``exact_sums``
+        (True where every candidate was scored) and ``reused_token_forwards``
+        (tokens of rows resumed from an earlier stage's states, not fed again).
 
     Raises
     ------
@@ -125,18 +126,25 @@ def attribute_budgeted(
             before = runner.token_forwards
             rest = prompt[k + 1 :] + response
 
-            def score_fn(cand, k=k):
-                return candidate_scores(runner, full, prompt, response, k, cand, bs)
+            rows = StagedRows(runner, full, prompt[:k], rest, bs, reuse=budget.reuse_states)
+            prior_all = full.log_probs[k - 1].numpy()
 
-            def screen_fn(cand, depth, k=k, rest=rest):
+            def score_fn(cand, k=k, rows=rows, prior_all=prior_all):
+                prompt_part, whole = rows.scores(cand, len(prompt) - k - 1)
+                return prior_all[cand] + prompt_part, prior_all[cand] + whole
+
+            def screen_fn(cand, depth, rows=rows):
                 start = runner.token_forwards
-                out = screen_log_probs(runner, full, prompt[:k], cand, rest[:depth], bs)
+                out = rows.log_probs(cand, depth, keep=True).sum(axis=1)
                 screen_cost[0] += runner.token_forwards - start
+                if not np.isfinite(out).all():
+                    raise ValueError(f"non-finite screening scores at position {len(rows.prefix)}")
                 return out
 
-            prior = full.log_probs[k - 1].numpy()[ids]
+            prior = prior_all[ids]
             st, se, extra = estimate_position(k, ids, int(prompt[k]), prior, budget, score_fn, screen_fn,
                                               log_p_response, suffix_len=len(rest))
+            extra["reused_token_forwards"] = rows.reused_token_forwards  # what was reused, not what could be
             logger.debug("position %d: %d exact, %d sampled, %d token-forwards", k,
                          extra["num_exact"], extra["num_sampled"], runner.token_forwards - before)
             stats.append(st)
@@ -203,7 +211,7 @@ def estimate_position(
     """
     n_u = len(ids)
     original = int(np.searchsorted(ids, original_id))
-    extra = {"num_screened": 0, "num_refined": 0, "refine_depth": 0}
+    extra = {"num_screened": 0, "num_refined": 0, "refine_depth": 0, "reused_token_forwards": 0}
     if budget.max_candidates + budget.tail_samples >= n_u:
         # the whole universe is scored: exact, no screening needed
         a, b = score_fn(ids)
@@ -213,7 +221,7 @@ def estimate_position(
         return st, np.zeros(len(STDERR_FIELDS)), extra
 
     # 1. screening scores (upper bounds of a_k and b_k, on one scale)
-    score = screen_scores(ids, prior, budget, screen_fn, suffix_len, extra)
+    score, fed, refine_reuse = screen_scores(ids, prior, budget, screen_fn, suffix_len, extra)
 
     # 2. exact set: original, capped prior nucleus, top screening scores
     in_e = np.zeros(n_u, dtype=bool)
@@ -246,6 +254,8 @@ def estimate_position(
     random_idx = sample_idx[~certain]
     scored = np.concatenate([fixed_idx, random_idx])
     a_all, b_all = score_fn(ids[scored])
+    if budget.reuse_states:
+        extra["reused_token_forwards"] = reusable_token_forwards(fed, scored, refine_reuse)
     n_e = len(exact_idx)
     exact_sums = len(sample_idx) == len(tail_idx) and bool(np.all(certain))
     extra.update(num_exact=int(n_e), num_sampled=int(len(sample_idx)), exact_sums=exact_sums)

@@ -220,24 +220,81 @@ class ModelRunner:
         torch.Tensor
             ``[B, len(rest)]`` float64: ``log p(rest[t] | x_<k, v, rest[:t])``.
         """
+        return self.row_log_probs(full, prefix_ids, first_tokens, rest)[0]
+
+    def row_log_probs(
+        self,
+        full: FullPass,
+        prefix_ids: list[int],
+        first_tokens: torch.Tensor,
+        rest: list[int],
+        *,
+        start: int = 0,
+        row_kv: Optional[list] = None,
+        keep: bool = False,
+    ) -> tuple[torch.Tensor, Optional[list]]:
+        """:meth:`suffix_log_probs` of ``rest[start:]``, resumed from the rows' own KV states.
+
+        A candidate row feeds ``v, rest[0], rest[1], ...`` after the prefix.
+        With ``start = s > 0`` its first ``s`` tokens were fed before (by an
+        earlier stage at the same position) and ``row_kv`` holds their KV
+        states; only ``rest[s - 1:-1]`` is fed now. Used by
+        :class:`~probattr_monitor.engine.stages.StagedRows` (docs/design.md section 7).
+
+        Parameters
+        ----------
+        full, prefix_ids, first_tokens, rest
+            As :meth:`suffix_log_probs`.
+        start : int
+            Tokens of each row already fed (0: none; ``row_kv`` is then ignored).
+        row_kv : list of (keys, values), optional
+            Per layer ``[B, heads, start, dim]``: the states of those tokens.
+        keep : bool
+            Also return the rows' states after this forward (``[B, heads,
+            start + fed, dim]`` per layer), or ``None`` where the model's cache
+            cannot give them (and on the ``full`` path).
+
+        Returns
+        -------
+        (torch.Tensor, list or None)
+            ``[B, len(rest) - start]`` float64 log-probabilities of
+            ``rest[start:]``, and the kept states.
+        """
         batch = int(first_tokens.shape[0])
-        n_rows = len(rest)
+        n_rows = len(rest) - start
         # the last token of ``rest`` is only predicted, never fed: its output would go unused
         suffix = torch.empty((batch, n_rows), dtype=torch.long, device=self.device)
-        suffix[:, 0] = first_tokens.to(self.device)
-        suffix[:, 1:] = torch.tensor(rest[:-1], dtype=torch.long, device=self.device)
-        targets = torch.tensor(rest, dtype=torch.long, device=self.device)
+        if start == 0:
+            suffix[:, 0] = first_tokens.to(self.device)
+            suffix[:, 1:] = torch.tensor(rest[:-1], dtype=torch.long, device=self.device)
+        else:
+            if row_kv is None or self.path == "full":
+                raise ValueError("resuming a candidate row needs its stored KV states and a KV-cache path")
+            suffix[:] = torch.tensor(rest[start - 1 : -1], dtype=torch.long, device=self.device)
+        targets = torch.tensor(rest[start:], dtype=torch.long, device=self.device)
         self.last_batch_rows = batch
         self.largest_batch_rows = max(self.largest_batch_rows, batch)
-        with forward_site(CANDIDATE_BATCH, batch, len(prefix_ids) + n_rows):
-            states, from_hidden = self._suffix_states(full, prefix_ids, suffix)
-            return self._target_log_probs(states, targets, from_hidden=from_hidden)
+        with forward_site(CANDIDATE_BATCH, batch, len(prefix_ids) + start + n_rows):
+            states, from_hidden, cache = self._suffix_states(full, prefix_ids, suffix,
+                                                             row_kv if start else None)
+            lp = self._target_log_probs(states, targets, from_hidden=from_hidden)
+        kept = None
+        if keep and cache is not None:
+            k = len(prefix_ids)
+            grown = _extract_kv(cache, k + start + n_rows)
+            if grown is not None:
+                # copies: a view would keep the batch's prefix copies alive
+                kept = [(keys[:, :, k:].contiguous(), values[:, :, k:].contiguous()) for keys, values in grown]
+        return lp, kept
 
-    def _suffix_states(self, full: FullPass, prefix_ids: list[int], suffix: torch.Tensor):
-        """The model's outputs at every position of ``suffix`` ``[B, S]``, after the prefix.
+    def _suffix_states(self, full: FullPass, prefix_ids: list[int], suffix: torch.Tensor,
+                       row_kv: Optional[list] = None):
+        """The model's outputs at every position of ``suffix`` ``[B, S]``, after the prefix (and ``row_kv``).
 
-        Returns ``(states, from_hidden)``: ``[B, S, hidden]`` decoder states to be
-        put through the LM head (``cache+head``), or ``[B, S, V]`` logits.
+        Returns ``(states, from_hidden, cache)``: ``[B, S, hidden]`` decoder
+        states to be put through the LM head (``cache+head``), or ``[B, S, V]``
+        logits; and the cache object the forward grew (``None`` on the
+        ``full`` path).
         """
         batch, length = suffix.shape
         k = len(prefix_ids)
@@ -247,14 +304,14 @@ class ModelRunner:
             x = torch.cat([prefix, suffix], dim=1)
             out, _ = self._call_model(x, want_cache=False)
             self.token_forwards += batch * x.shape[1]
-            return _get_logits(out, x.shape)[:, k:], False
-        cache = _prefix_cache(full.kv, k, batch, self._config)
+            return _get_logits(out, x.shape)[:, k:], False, None
+        cache = _prefix_cache(full.kv, k, batch, self._config, row_kv)
         self.token_forwards += batch * length
         if self.path == "cache+head":
             kwargs = {cache_keyword(self._decoder): cache}
-            return self._decoder(input_ids=suffix, use_cache=True, **kwargs).last_hidden_state, True
+            return self._decoder(input_ids=suffix, use_cache=True, **kwargs).last_hidden_state, True, cache
         out = self.model(input_ids=suffix, use_cache=True, **{cache_keyword(self.model): cache})
-        return _get_logits(out, suffix.shape), False
+        return _get_logits(out, suffix.shape), False, cache
 
     def _target_log_probs(self, states: torch.Tensor, targets: torch.Tensor, from_hidden: bool) -> torch.Tensor:
         """``log_softmax(logits)[target]`` per row, in chunks of rows.
@@ -380,8 +437,8 @@ def _extract_kv(cache: Any, length: int) -> Optional[list]:
     return pairs
 
 
-def _prefix_cache(kv: list, k: int, batch: int, config: Any):
-    """A fresh cache holding the first ``k`` positions, repeated ``batch`` times.
+def _prefix_cache(kv: list, k: int, batch: int, config: Any, row_kv: Optional[list] = None):
+    """A fresh cache holding the first ``k`` positions, repeated ``batch`` times, then each row's ``row_kv``.
 
     HF caches are mutated in place by ``forward``; every batch gets its own
     object built from views of the shared prefix, never a grown one.
@@ -392,6 +449,9 @@ def _prefix_cache(kv: list, k: int, batch: int, config: Any):
         (keys[:, :, :k].expand(batch, -1, -1, -1), values[:, :, :k].expand(batch, -1, -1, -1))
         for keys, values in kv
     ]
+    if row_kv is not None:
+        data = [(torch.cat([pk, rk], dim=2), torch.cat([pv, rv], dim=2))
+                for (pk, pv), (rk, rv) in zip(data, row_kv)]
     try:
         return DynamicCache(ddp_cache_data=data, config=config)
     except TypeError:  # older transformers

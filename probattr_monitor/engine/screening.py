@@ -39,7 +39,7 @@ def screen_scores(
     screen_fn: Callable[[np.ndarray, int], np.ndarray],
     suffix_len: int,
     extra: dict,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Screening scores of every id: the prior, deepened by the screen and refine stages.
 
     An id's score comes from the deepest stage that saw it; for the ids a
@@ -61,9 +61,18 @@ def screen_scores(
     extra : dict
         Receives ``num_screened``, and ``num_refined`` and ``refine_depth``
         when a refine stage runs.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray, int)
+        The scores; per id the tokens the deepest stage that saw it fed (0, 1
+        or the refine depth); and how many refined ids were screened first.
+        The last two give :func:`reusable_token_forwards`.
     """
     n_u = len(ids)
     score = prior.copy()
+    fed = np.zeros(n_u, dtype=np.int64)
+    refine_reuse = 0
     m = budget.screen_size
     if m is None:
         m = n_u
@@ -74,6 +83,7 @@ def screen_scores(
         step = screen_fn(ids[screened], 1)
         score += min(0.0, float(logsumexp(step) - np.log(m)))
         score[screened] = prior[screened] + step
+        fed[screened] = 1
         extra["num_screened"] = int(m)
     depth = max(2, math.ceil(budget.refine_depth * suffix_len))
     if budget.refine > 0 and depth < suffix_len:
@@ -82,8 +92,22 @@ def screen_scores(
         deep = prior[refined] + screen_fn(ids[refined], depth)
         score += min(0.0, float(logsumexp(deep - score[refined]) - np.log(m2)))
         score[refined] = deep
+        refine_reuse = int(fed[refined].sum())  # refined rows resume after the screen's token
+        fed[refined] = depth
         extra.update(num_refined=int(m2), refine_depth=int(depth))
-    return score
+    return score, fed, refine_reuse
+
+
+def reusable_token_forwards(fed: np.ndarray, scored: np.ndarray, refine_reuse: int) -> int:
+    """Token-forwards an engine that resumes rows from earlier stages does not spend at one position.
+
+    A refined id that was screened resumes after its first token
+    (``refine_reuse``, counted by :func:`screen_scores`); an exactly scored id
+    resumes after the ``fed[id]`` tokens its deepest screening stage fed
+    (:class:`~probattr_monitor.engine.stages.StagedRows`). The cost model of
+    :class:`~probattr_monitor.engine.budget.Budget` subtracts this.
+    """
+    return int(refine_reuse + fed[scored].sum())
 
 
 def _mass_count(log_w: np.ndarray, mass: float, lo: int, hi: int) -> int:
