@@ -139,15 +139,16 @@ def main(argv=None) -> None:
         print(f"baseline {args.baseline}: {ratio:.3f}x the default's token-forwards and {seconds_ratio:.3f}x its "
               f"time (same process, same probes); noise rate {baseline['noise_rate']:.4f}, the default's "
               f"{default['noise_rate']:.4f}")
-    summary["gate_scorings"] = gate_scoring_cost(model, tok, probes, summary["scorings"]["Budget() (default)"],
-                                                 args.probes)
+    scorings = list(summary["scorings"].values())
+    summary["gate_scorings"] = gate_scoring_cost(model, tok, probes, scorings[0], args.probes,
+                                                 baseline=scorings[1] if len(scorings) == 2 else None)
     summary["full_vocabulary"] = full_vocabulary_check()
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))
 
 
 def gate_scoring_cost(model, tok, probes, budget: dict, n_scored: int, every: int = DEFAULT_ATTRIBUTION_EVERY,
-                      repeats: int = 3) -> dict:
+                      repeats: int = 3, baseline: Optional[dict] = None) -> dict:
     """A gate scoring of the whole set, timed, beside the attribution scoring's estimate; the default cadence's mean.
 
     A gate scoring (docs/design.md section 10) is one forward over each rendered
@@ -155,7 +156,9 @@ def gate_scoring_cost(model, tok, probes, budget: dict, n_scored: int, every: in
     fastest is kept). Its gate value on the probes that ``budget`` scored is
     compared with the attribution report's, and the monitor's default cadence
     (attribution on the first and every ``every``-th scoring, gate scorings
-    between) is priced per scoring on average.
+    between) is priced per scoring on average; with ``baseline`` (another
+    scoring of the same probes by :func:`cost_of`), also against attributing
+    every scoring with that.
     """
     config = ScoringConfig()
     seconds = []
@@ -177,6 +180,8 @@ def gate_scoring_cost(model, tok, probes, budget: dict, n_scored: int, every: in
         "attribution_every": every, "mean_token_forwards_per_scoring": mean_tf, "mean_seconds_per_scoring": mean_s,
         "today_over_default_cadence": attribution_tf / mean_tf,
     }
+    if baseline is not None:
+        out["baseline_over_default_cadence"] = baseline["set_token_forwards_estimate"] / mean_tf
     print(f"\nthe monitor's default cadence (attribution_every='auto' = {every}: the attribution on the first and "
           f"every {every}th scoring, a gate scoring between; docs/design.md section 10), {len(probes)} probes:")
     print(f"{'scoring':<34} {'token-forwards':>15} {'seconds':>10} {DEFAULT_GATE_METRIC:>22}")
@@ -185,7 +190,9 @@ def gate_scoring_cost(model, tok, probes, budget: dict, n_scored: int, every: in
     print(f"{'gate scoring (measured, all probes)':<34} {gate_tf:>15,d} {min(seconds):>10.2f} {gate_head:>22.6f}  "
           f"(first {n_scored} probes; {out['gate_value']:.6f} over all)")
     print(f"{'mean per scoring, default cadence':<34} {mean_tf:>15,.0f} {mean_s:>10.0f}  "
-          f"= {out['today_over_default_cadence']:.1f}x fewer token-forwards than attributing every scoring")
+          f"= {out['today_over_default_cadence']:.1f}x fewer token-forwards than attributing every scoring"
+          + (f", {out['baseline_over_default_cadence']:.1f}x fewer than the baseline at every scoring"
+             if baseline is not None else ""))
     return out
 
 

@@ -323,13 +323,16 @@ def test_monitor_cost_prices_the_default_cadence_from_a_real_gate_scoring(word_p
     attributed = build_report(score_probes(model, lit_tok, head, config), lit_tok, config)
     budget = {"rows": [{"probe": p.id} for p in head], "set_token_forwards_estimate": 1e6,
               "set_seconds_estimate": 100.0, "gate_value": attributed.metrics["mean_surprisal_prefix"].value}
-    out = gate_scoring_cost(model, lit_tok, probes, budget, n_scored=2, every=10, repeats=1)
+    whole_rows = {"set_token_forwards_estimate": 1.2e6}  # the baseline scored beside it
+    out = gate_scoring_cost(model, lit_tok, probes, budget, n_scored=2, every=10, repeats=1, baseline=whole_rows)
     prompts = sum(len(render(p, lit_tok).ids) for p in probes)
     assert out["gate_token_forwards"] == prompts
     assert out["gate_value_on_scored_probes"] == pytest.approx(budget["gate_value"], abs=1e-6)
     assert out["mean_token_forwards_per_scoring"] == pytest.approx((1e6 + 9 * prompts) / 10)
     assert out["today_over_default_cadence"] == pytest.approx(1e6 / out["mean_token_forwards_per_scoring"])
-    assert "mean per scoring, default cadence" in capsys.readouterr().out
+    assert out["baseline_over_default_cadence"] == pytest.approx(1.2e6 / out["mean_token_forwards_per_scoring"])
+    printed = capsys.readouterr().out
+    assert "mean per scoring, default cadence" in printed and "fewer than the baseline" in printed
 
 
 def _plateau_module(tok, key):
