@@ -129,6 +129,36 @@ def test_watch_scores_lightning_ckpts_while_training(tmp_path):
     assert best["checkpoint"] == min(state["scored"].values(), key=lambda e: e["value"])["name"]
 
 
+def test_a_second_checkpoint_of_the_same_step_gets_its_own_report(tmp_path):
+    """Lightning saves ``...-v1.ckpt`` when a resumed run saves a step again: neither report overwrites the other."""
+    import shutil
+
+    env = _env(tmp_path)
+    probes = write_probes(tmp_path / "probes.jsonl", LIT_PROBES)
+    run_dir = tmp_path / "lit"
+    train = _train("lightning", run_dir, env, pause_s=0.0)
+    assert train.wait(timeout=300) == 0, train.stderr.read()[-2000:]
+    # step 9 saved again, with other weights (those of step 27), as a resumed run would
+    shutil.copy(run_dir / "epoch=2-step=27.ckpt", run_dir / "epoch=0-step=9-v1.ckpt")
+    for name in ("epoch=1-step=18.ckpt", "epoch=2-step=27.ckpt"):
+        (run_dir / name).unlink()
+    out = tmp_path / "scores"
+    watch = _watch(run_dir, probes, env, "--once", "--settle-s", "0", "--out", str(out))
+    assert watch.returncode == 0, watch.stderr[-3000:]
+    state = _state(out)
+    assert sorted(state["scored"]) == ["epoch=0-step=9-v1.ckpt", "epoch=0-step=9.ckpt"]
+    values = sorted(e["value"] for e in state["scored"].values())
+    assert values[0] != values[1]
+    history = read_history(out)
+    assert [h["step"] for h in history] == [9, 9]
+    reports = [h["report"] for h in history]
+    second = next(n for n, e in state["scored"].items() if e["value"] == history[1]["mean_surprisal_prefix"])
+    assert reports[0] == "step-00000009" and reports[1] == "step-00000009-" + second.replace("=", "_")
+    assert sorted(h["mean_surprisal_prefix"] for h in history) == values
+    for name in reports:
+        assert any((out / name).iterdir()), name
+
+
 class _Clock:
     def __init__(self) -> None:
         self.now = 0.0

@@ -154,7 +154,7 @@ class _Outputs:
 
     def record(self, cand: Candidate, step: int, report: Any, entry: Any, seconds: float) -> None:
         if report is not None:
-            self.files.log(report, step)
+            self.files.log(report, step, self._report_name(cand, step))
             if self.wandb is not None:
                 self.wandb.log(report, step, log_scalars=True)
             scored = Scored(cand.name, step, entry.status, float(entry.value), seconds,
@@ -166,6 +166,21 @@ class _Outputs:
         if best:
             self.state.write_best(self.out, self.directory, self.link)
             logger.info("new best: %s (%s=%.6g)", cand.name, self.state.metric, scored.value)
+
+    def _report_name(self, cand: Candidate, step: int) -> str:
+        """``step-XXXXXXXX``, or with the checkpoint's name after it when another checkpoint has this step.
+
+        Lightning names a second checkpoint of a step ``...-v1.ckpt`` (a run
+        resumed from an earlier checkpoint saves that step again); each gets
+        its own report, so neither overwrites the other.
+        """
+        from probattr_monitor.report.figures import safe_file_stem
+        from probattr_monitor.sinks.files import step_dir_name
+
+        name = step_dir_name(step)
+        taken = any(s.step == step and s.name != cand.name and s.status != "unreadable"
+                    for s in self.state.scored.values())
+        return f"{name}-{safe_file_stem(cand.name)}" if taken else name
 
     def close(self) -> None:
         if self.wandb_run is not None:

@@ -154,13 +154,19 @@ class FileSink:
         atomic_write_text(self.directory / CONFIG_FILE,
                           json.dumps(normalize_meta(config), indent=2, ensure_ascii=False, allow_nan=True))
 
-    def log(self, report: Report, step: int) -> Optional[Path]:
+    def log(self, report: Report, step: int, name: Optional[str] = None) -> Optional[Path]:
         """Save the report to ``step-XXXXXXXX/`` and add its scalars to ``history.jsonl``.
+
+        ``name`` overrides the directory's name: ``probattr watch`` gives a
+        second checkpoint of the same step (Lightning's ``-v1.ckpt``) its own
+        directory. ``history.jsonl`` keeps one line per report directory (a
+        report logged again under the same name replaces its line).
 
         Returns the report directory, or ``None`` if it could not be written
         (the failure is warned about and recorded in :attr:`failures`, never raised).
         """
-        out = self.directory / step_dir_name(step)
+        name = name or step_dir_name(step)
+        out = self.directory / name
         try:
             report.save(out, self.formats)
         except Exception as err:
@@ -175,7 +181,7 @@ class FileSink:
             except Exception as err:
                 self._fail(step, "drawing the figures", err)
         try:
-            self._append_history(report, int(step))
+            self._append_history(report, int(step), name)
         except Exception as err:
             self._fail(step, f"updating {HISTORY_FILE}", err)
             return out
@@ -187,15 +193,16 @@ class FileSink:
         self.logged_steps.append(int(step))
         return out
 
-    def _append_history(self, report: Report, step: int) -> None:
+    def _append_history(self, report: Report, step: int, name: str) -> None:
         line = {
             "step": step,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             **report.metrics.scalars(prefix=""),
             "n_errors": len(report.meta.get("errors") or {}),
-            "report": step_dir_name(step),
+            "report": name,
         }
-        lines = [h for h in read_history(self.directory) if h.get("step") != step] + [line]
+        lines = [h for h in read_history(self.directory) if h.get("report", step_dir_name(h["step"])) != name]
+        lines.append(line)
         text = "".join(json.dumps(h, ensure_ascii=False, allow_nan=True) + "\n" for h in lines)
         atomic_write_text(self.history_path, text)
 
