@@ -287,3 +287,34 @@ def test_lightning_resume_from_a_checkpoint_keeps_the_wandb_history(tmp_path):
     table = last_table(run_dir, "probattr/history/probes")
     steps = sorted({r[table["columns"].index("step")] for r in table["data"]})
     assert steps == after  # the steps scored before the resume are in the resumed run's last version
+
+
+def test_hf_resume_from_a_checkpoint_keeps_the_wandb_history(tmp_path, monkeypatch):
+    """As the Lightning test above, with the HF Trainer: the history tables travel in ``trainer_state.json``."""
+    pytest.importorskip("transformers")
+    from helpers.hf import PROBES as HF_PROBES, make_trainer
+    from probattr_monitor.callbacks.hf import ProbAttrTrainerCallback
+
+    monkeypatch.setenv("WANDB_PROJECT", "probattr-history")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    probes = write_probes(tmp_path / "probes.jsonl", HF_PROBES)
+
+    def train(where, max_steps, resume=None):
+        cb = ProbAttrTrainerCallback(probes=str(probes), scoring=scoring_config(), every_n_steps=4, plots=False,
+                                     wandb="auto")
+        try:
+            trainer = make_trainer(where, [cb], report_to=["wandb"], max_steps=max_steps, save_strategy="steps",
+                                   save_steps=4)
+            trainer.train(resume_from_checkpoint=resume)
+            run_dir = Path(wandb.run.dir).parent
+        finally:
+            wandb.finish()
+        return cb, run_dir
+
+    first, _ = train(tmp_path / "a", 8)
+    assert [h.step for h in first.history] == [4, 8]
+    second, run_dir = train(tmp_path / "b", 12, resume=str(tmp_path / "a" / "out" / "checkpoint-8"))
+    assert [h.step for h in second.history] == [4, 8, 12]
+    table = last_table(run_dir, "probattr/history/probes")
+    steps = sorted({r[table["columns"].index("step")] for r in table["data"]})
+    assert steps == [4, 8, 12]  # the steps scored before the resume are in the resumed run's last version

@@ -58,8 +58,9 @@ How it fits the Trainer (read from ``transformers.Trainer``; docs/design.md sect
   ``metric_for_best_model``: HF only selects on evaluation metrics. An
   evaluation at a step that was already scored reuses that score.
 * State: the callback is an ``ExportableState``; its history (every scoring's
-  scalars, best value and step, failures) is written into each checkpoint's
-  ``trainer_state.json`` (``stateful_callbacks``). HF itself restores callback
+  scalars, best value and step, failures, and with W&B the history tables, so
+  that a resumed run's tables hold the steps scored before the resume) is
+  written into each checkpoint's ``trainer_state.json`` (``stateful_callbacks``). HF itself restores callback
   states only with ``TrainingArguments(restore_callback_states_from_checkpoint=
   True)``, and does so by building a *new* callback from constructor arguments,
   which cannot carry a probe set, tokenizer or scoring config. This callback
@@ -276,6 +277,7 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         self._callbacks: Optional[list] = None
         self._checked_model: Optional[int] = None
         self._router: Optional[ReportRouter] = None
+        self._wandb_history_state: Optional[dict] = None  # WandbSink.state_dict() from a checkpoint
         self._is_zero = True
         self._rank = 0
         self._world_size = 1
@@ -316,10 +318,11 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         checkpoint=True``) build an inert placeholder; ``attributes`` holds the
         monitor state that :meth:`on_train_begin` restores on resume.
         """
-        return {
-            "args": {_RESTORE_ARG: True},
-            "attributes": {"monitor_state": self.monitor.state_dict(), "failures": list(self.failures)},
-        }
+        attributes = {"monitor_state": self.monitor.state_dict(), "failures": list(self.failures)}
+        sink = self._router.wandb_sink if self._router is not None else None
+        if sink is not None:  # the W&B history tables, so a resumed run re-logs every step
+            attributes["wandb_history"] = sink.state_dict()
+        return {"args": {_RESTORE_ARG: True}, "attributes": attributes}
 
     def load_state(self, stored: dict) -> None:
         """Restore what :meth:`state` returned."""
@@ -328,6 +331,9 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
         if monitor_state:
             self.monitor.load_state_dict(monitor_state)
         self.failures = list(attrs.get("failures", []))
+        self._wandb_history_state = attrs.get("wandb_history")
+        if self._router is not None and self._router.wandb_sink is not None and self._wandb_history_state:
+            self._router.wandb_sink.load_state_dict(self._wandb_history_state)
 
     # ------------------------------------------------------------------ validation
     def _check_args(self, args: Any, *, training: bool) -> None:
@@ -554,8 +560,11 @@ class ProbAttrTrainerCallback(TrainerCallback, ExportableState, metaclass=_Callb
 
     def _make_wandb_sink(self) -> WandbSink:
         run = self.wandb if is_wandb_run(self.wandb) else None  # None: follow wandb.run
-        return WandbSink(run, prefix=self.prefix, log_scalars=True, log_plots=self.plots, warn=False,
+        sink = WandbSink(run, prefix=self.prefix, log_scalars=True, log_plots=self.plots, warn=False,
                          gate_metric=self.monitor.metric, gate_mode=self.monitor.mode)
+        if self._wandb_history_state:  # restored from a checkpoint: the next scoring re-logs every step
+            sink.load_state_dict(self._wandb_history_state)
+        return sink
 
     def _log(self, report: Report, step: int, entry: HistoryEntry) -> None:
         if self._router is None:
