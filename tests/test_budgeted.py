@@ -19,7 +19,7 @@ from helpers.models import TINY_MODELS, tiny_gpt2, tiny_llama
 from probattr_monitor import Budget, attribute  # noqa: E402
 from probattr_monitor.engine.budgeted import attribute_budgeted  # noqa: E402
 from probattr_monitor.engine.passes import candidate_scores, full_pass as _full_pass  # noqa: E402
-from probattr_monitor.engine.screening import screen_log_probs as _screen_log_probs  # noqa: E402
+from probattr_monitor.engine.stages import StagedRows  # noqa: E402
 from probattr_monitor.engine.tail import STDERR_FIELDS  # noqa: E402
 from probattr_monitor.engine.modes import scoring_mode  # noqa: E402
 from probattr_monitor.engine.result import SCORE_FIELDS
@@ -333,8 +333,9 @@ def test_screens_are_the_first_suffix_steps_and_upper_bounds(name):
         runner = ModelRunner(model, 64 * 2**20)
         full = _full_pass(runner, prompt, response)
         rest = prompt[k + 1 :] + response
-        screen = _screen_log_probs(runner, full, prompt[:k], ids, rest[:1], 16)
-        deep = _screen_log_probs(runner, full, prompt[:k], ids, rest[:3], 16)
+        rows = StagedRows(runner, full, prompt[:k], rest, 16)  # the stages' reads (the refine resumes the screen's)
+        screen = rows.log_probs(ids, 1, keep=True).sum(axis=1)
+        deep = rows.log_probs(ids, 3, keep=True).sum(axis=1)
         lp = runner.suffix_log_probs(full, prompt[:k], torch.from_numpy(ids), rest).numpy()
         a, b = candidate_scores(runner, full, prompt, response, k, ids, None)
     np.testing.assert_allclose(screen, lp[:, 0], atol=1e-5)

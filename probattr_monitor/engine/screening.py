@@ -5,19 +5,18 @@ log-probability, so the prior plus the log-probabilities of the first few
 suffix tokens after ``v`` bound both from above. The screen reads one token
 for the top-prior ids; the refine stage reads a longer start of the suffix for
 the best-screened ids. The scores rank the candidates and build the tail proposal.
+The reads themselves are :class:`~probattr_monitor.engine.stages.StagedRows`'s.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
-import torch
 from scipy.special import logsumexp
 
 from probattr_monitor.engine.budget import Budget
-from probattr_monitor.engine.runner import FullPass, ModelRunner
 
 #: Prior mass the screen covers (top-prior ids), within ``[MIN_SCREEN, Budget.screen]`` ids.
 SCREEN_MASS = 0.999
@@ -114,35 +113,3 @@ def _mass_count(log_w: np.ndarray, mass: float, lo: int, hi: int) -> int:
     """How many of the largest ``log_w`` hold ``mass`` of their total, clipped to ``[lo, hi]``."""
     w = np.exp(np.sort(log_w)[::-1] - logsumexp(log_w))
     return int(min(max(int(np.searchsorted(np.cumsum(w), mass)) + 1, lo), hi))
-
-
-def screen_log_probs(
-    runner: ModelRunner,
-    full: FullPass,
-    prefix_ids: list,
-    first_tokens: np.ndarray,
-    targets: list,
-    batch_size: Optional[int],
-) -> np.ndarray:
-    """``sum_t log p(targets[t] | x_<k, v, targets[:t])`` for every ``v`` in ``first_tokens``.
-
-    ``targets`` is the start of the suffix (``x_{k+1}`` alone for the
-    one-token screen, the first ``d`` suffix tokens for the refine stage);
-    each row forwards ``v`` and all but the last target after the prefix
-    cache, like :meth:`ModelRunner.suffix_log_probs`.
-
-    Raises
-    ------
-    ValueError
-        If any screening score is non-finite.
-    """
-    k = len(prefix_ids)
-    bs = batch_size or runner.default_batch_size(k, len(targets), full.vocab_size)
-    out = np.empty(len(first_tokens), dtype=np.float64)
-    for start in range(0, len(first_tokens), bs):
-        chunk = torch.from_numpy(np.ascontiguousarray(first_tokens[start : start + bs]))
-        lp = runner.suffix_log_probs(full, prefix_ids, chunk, targets)
-        out[start : start + len(chunk)] = lp.sum(dim=1).numpy()
-    if not np.isfinite(out).all():
-        raise ValueError(f"non-finite screening scores at position {k}")
-    return out
