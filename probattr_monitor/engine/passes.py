@@ -113,7 +113,6 @@ def candidate_scores(
     """
     n = len(prompt)
     rest = prompt[k + 1 :] + response
-    n_prompt_rest = n - k - 1
     prior = full.log_probs[k - 1].numpy()
     bs = batch_size or runner.default_batch_size(k, len(rest) + 1, full.vocab_size)
     a = np.empty(len(ids), dtype=np.float64)
@@ -121,14 +120,30 @@ def candidate_scores(
     for start in range(0, len(ids), bs):
         chunk = torch.from_numpy(ids[start : start + bs])
         lp = runner.suffix_log_probs(full, prompt[:k], chunk, rest).numpy()
-        prompt_part = lp[:, :n_prompt_rest].sum(axis=1)
-        response_part = lp[:, n_prompt_rest:].sum(axis=1)
+        prompt_part, response_part = suffix_sums(lp, n - k - 1, k)
         a_chunk = prior[ids[start : start + bs]] + prompt_part
         a[start : start + bs] = a_chunk
         b[start : start + bs] = a_chunk + response_part
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ValueError(f"non-finite (NaN or inf) candidate scores at position {k}")
     return a, b
+
+
+def suffix_sums(lp: np.ndarray, n_prompt_rest: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate row of ``lp`` (``[rows, len(x_>k + y)]``): the rest of the prompt's and the response's sums.
+
+    The first ``n_prompt_rest`` columns are ``x_>k`` (``a_k = prior + the
+    first sum``), the others ``y`` (``b_k = a_k + the second``; docs/design.md
+    section 2).
+
+    Raises
+    ------
+    ValueError
+        If any sum is non-finite.
+    """
+    prompt_part = lp[:, :n_prompt_rest].sum(axis=1)
+    response_part = lp[:, n_prompt_rest:].sum(axis=1)
+    if not (np.isfinite(prompt_part).all() and np.isfinite(response_part).all()):
+        raise ValueError(f"non-finite (NaN or inf) candidate scores at position {k}")
+    return prompt_part, response_part
 
 
 def assemble_result(

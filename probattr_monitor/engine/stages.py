@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from probattr_monitor.engine.passes import suffix_sums
 from probattr_monitor.engine.runner import FullPass, ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -147,9 +148,6 @@ class StagedRows:
         ValueError
             If any score is non-finite.
         """
-        lp = self.log_probs(ids, len(self.rest))
-        prompt_part = lp[:, :n_prompt_rest].sum(axis=1)
-        whole = prompt_part + lp[:, n_prompt_rest:].sum(axis=1)
-        if not (np.isfinite(prompt_part).all() and np.isfinite(whole).all()):
-            raise ValueError(f"non-finite (NaN or inf) candidate scores at position {len(self.prefix)}")
-        return prompt_part, whole
+        prompt_part, response_part = suffix_sums(self.log_probs(ids, len(self.rest)), n_prompt_rest,
+                                                 len(self.prefix))
+        return prompt_part, prompt_part + response_part
