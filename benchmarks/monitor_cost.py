@@ -22,6 +22,11 @@ of the whole set, timed, and prices the monitor's default cadence
 scoring) per scoring against attributing at every scoring, with the gate value
 of both kinds of scoring on the scored probes side by side.
 
+Then the floor: the model's raw ``model(ids).logits`` throughput on batches of
+the engine's row shapes, timed in the same process, and what every scoring
+above would take at that speed (the time no engine change can go below on
+this machine), with how many token-forwards fit in 10 minutes at it.
+
 After them it replays ``Budget()`` and the ladder's first stage on the stored
 full-vocabulary fixtures (``tests/fixtures/full_vocab``, seconds, no model):
 their accuracy over all 49,152 ids, which the timed probes cannot check.
@@ -142,6 +147,7 @@ def main(argv=None) -> None:
     scorings = list(summary["scorings"].values())
     summary["gate_scorings"] = gate_scoring_cost(model, tok, probes, scorings[0], args.probes,
                                                  baseline=scorings[1] if len(scorings) == 2 else None)
+    summary["raw_forward_floor"] = raw_forward_floor(model, summary["scorings"], summary["gate_scorings"])
     summary["full_vocabulary"] = full_vocabulary_check()
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))
@@ -193,6 +199,69 @@ def gate_scoring_cost(model, tok, probes, budget: dict, n_scored: int, every: in
           f"= {out['today_over_default_cadence']:.1f}x fewer token-forwards than attributing every scoring"
           + (f", {out['baseline_over_default_cadence']:.1f}x fewer than the baseline at every scoring"
              if baseline is not None else ""))
+    return out
+
+
+#: The time target of a default scoring on 2 CPU cores (issue 13), in seconds.
+TARGET_SECONDS = 600.0
+
+
+def raw_forward_throughput(model, *, rows: int = 64, lengths=(8, 16, 32), repeats: int = 3, seed: int = 0) -> dict:
+    """The model's raw ``model(ids).logits`` throughput, tokens/s, on batches of ``rows`` rows.
+
+    The engine feeds candidate rows of a position in batches of up to a few
+    hundred rows, a few to a few dozen tokens each; a raw forward of the same
+    shapes (no prefix cache, no log-softmax) is the fastest the model computes
+    those tokens on this machine. Each shape is timed ``repeats`` times after a
+    warm-up and the fastest kept; the throughput is the tokens of all shapes
+    over their summed fastest times.
+    """
+    vocab = int(model.config.vocab_size)
+    gen = torch.Generator().manual_seed(seed)
+    tokens, seconds = 0, 0.0
+    with torch.inference_mode():
+        for length in lengths:
+            ids = torch.randint(0, vocab, (rows, length), generator=gen)
+            model(ids[:2]).logits  # warm-up
+            best = float("inf")
+            for _ in range(repeats):
+                started = time.perf_counter()
+                model(ids).logits
+                best = min(best, time.perf_counter() - started)
+            tokens, seconds = tokens + rows * length, seconds + best
+    return {"rows": rows, "lengths": list(lengths), "tokens_per_second": tokens / seconds}
+
+
+def raw_forward_floor(model, scorings: dict, gate: dict) -> dict:
+    """What the scorings would take at the model's raw forward speed: the floor no engine change goes below.
+
+    Prints, per scoring, the measured token-forwards/s as a share of the raw
+    forward's and the set's time at raw speed; then the default cadence's mean
+    at raw speed, and how many token-forwards a scoring may cost to fit in
+    :data:`TARGET_SECONDS` at raw speed (so how many times fewer than the
+    default attribution it would need).
+    """
+    raw = raw_forward_throughput(model)
+    rate = raw["tokens_per_second"]
+    out = {**raw, "scorings": {}}
+    print(f"\nthe floor: raw model(ids).logits forward, {raw['rows']} rows of {raw['lengths']} tokens, "
+          f"{rate:.0f} tokens/s on this machine")
+    print(f"{'scoring':<34} {'share of raw speed':>19} {'set tf':>8} {'set min at raw speed':>21}")
+    for name, r in scorings.items():
+        share = r["token_forwards_per_second"] / rate
+        minutes = r["set_token_forwards_estimate"] / rate / 60
+        out["scorings"][name] = {"share_of_raw_speed": share, "set_minutes_at_raw_speed": minutes}
+        print(f"{name:<34} {share:>19.2f} {r['set_token_forwards_estimate'] / 1e6:>7.2f}M {minutes:>21.1f}")
+    mean_minutes = gate["mean_token_forwards_per_scoring"] / rate / 60
+    fits = TARGET_SECONDS * rate
+    first = next(iter(scorings.values()))["set_token_forwards_estimate"]
+    out.update({"default_cadence_mean_minutes_at_raw_speed": mean_minutes,
+                "token_forwards_in_target_at_raw_speed": fits,
+                "attribution_over_target_token_forwards": first / fits})
+    print(f"{'mean per scoring, default cadence':<34} {'':>19} "
+          f"{gate['mean_token_forwards_per_scoring'] / 1e6:>7.2f}M {mean_minutes:>21.1f}")
+    print(f"in {TARGET_SECONDS / 60:.0f} min at raw speed: {fits:,.0f} token-forwards, "
+          f"one default attribution scoring of the set costs {first / fits:.1f}x that")
     return out
 
 

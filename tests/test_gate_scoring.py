@@ -335,6 +335,23 @@ def test_monitor_cost_prices_the_default_cadence_from_a_real_gate_scoring(word_p
     assert "mean per scoring, default cadence" in printed and "fewer than the baseline" in printed
 
 
+def test_monitor_cost_floor_prices_the_scorings_at_the_models_raw_forward_speed(lit_tok, capsys):
+    from benchmarks.monitor_cost import TARGET_SECONDS, raw_forward_floor
+    from helpers.lit import TinyLitLM
+
+    model = TinyLitLM(lit_tok).model
+    scorings = {"default": {"token_forwards_per_second": 500.0, "set_token_forwards_estimate": 4e6}}
+    out = raw_forward_floor(model, scorings, {"mean_token_forwards_per_scoring": 4e5})
+    rate = out["tokens_per_second"]
+    assert rate > 0 and out["rows"] == 64
+    assert out["scorings"]["default"]["share_of_raw_speed"] == pytest.approx(500.0 / rate)
+    assert out["scorings"]["default"]["set_minutes_at_raw_speed"] == pytest.approx(4e6 / rate / 60)
+    assert out["default_cadence_mean_minutes_at_raw_speed"] == pytest.approx(4e5 / rate / 60)
+    assert out["token_forwards_in_target_at_raw_speed"] == pytest.approx(TARGET_SECONDS * rate)
+    assert out["attribution_over_target_token_forwards"] == pytest.approx(4e6 / (TARGET_SECONDS * rate))
+    assert "the floor: raw model(ids).logits forward" in capsys.readouterr().out
+
+
 def _plateau_module(tok, key):
     from helpers.lit import TinyLitLM
 
