@@ -131,3 +131,24 @@ def test_reuse_states_must_be_a_bool():
     with pytest.raises(TypeError, match="reuse_states must be True or False"):
         Budget(reuse_states="yes")
     assert Budget().reuse_states is True
+
+
+def test_resumed_rows_benchmark_times_both_settings_on_the_same_position_and_bounds_the_ratio():
+    from benchmarks.resumed_rows import SETTINGS, ratio_interval, timed
+
+    model = tiny_llama(VOCAB, seed=0)
+    prompt, response = _pair(3)
+    resumed = timed(model, prompt, response, 2, dataclasses.replace(SETTINGS["resumed"], **_small()))
+    whole = timed(model, prompt, response, 2, dataclasses.replace(SETTINGS["whole"], **_small()))
+    assert resumed[0] > 0 and whole[0] > 0
+    assert resumed[1] < whole[1]  # the screen's and refine stage's rows are resumed, not fed again
+    assert resumed[2] == pytest.approx(whole[2], abs=1e-5)
+    w, r = np.array([10.0, 20.0, 30.0]), np.array([8.0, 19.0, 25.0])
+    point, low, high = ratio_interval(w, r, seeds=2_000)
+    assert point == pytest.approx(60.0 / 52.0)
+    assert min(w / r) <= low <= point <= high <= max(w / r)
+
+
+def _small() -> dict:
+    """STAGED's sizes: screen, refine and sample a tail on a 150-id vocabulary."""
+    return {f.name: getattr(STAGED, f.name) for f in dataclasses.fields(STAGED) if f.name != "reuse_states"}
