@@ -201,7 +201,7 @@ def test_monitor_refuses_a_bad_attribution_every(word_probes, bad, error):
 
 
 def test_monitor_refuses_to_gate_on_an_attribution_metric_between_attributions(word_probes):
-    with pytest.raises(ValueError, match="metric='noise_rate' is computed only by an attribution scoring"):
+    with pytest.raises(ValueError, match="metric='noise_rate' reads a value that only attribution scorings log"):
         ProbAttrMonitor(word_probes, metric="noise_rate", attribution_every=5)
     assert ProbAttrMonitor(word_probes, metric="noise_rate").attribution_every == 1
 
@@ -293,7 +293,8 @@ def test_hf_refuses_metric_for_best_model_that_gate_scorings_do_not_produce(tmp_
     probes = write_probes(tmp_path / "probes.jsonl", PROBES)
     cb = ProbAttrTrainerCallback(probes=str(probes), scoring=scoring_config(), plots=False, wandb=False,
                                  attribution_every=4)
-    with pytest.raises(ValueError, match="only by attribution scorings.*'probattr_mean_surprisal_prefix'"):
+    with pytest.raises(ValueError, match="metric_for_best_model=.*only attribution scorings log.*other evaluations.*"
+                                         "'probattr_mean_surprisal_prefix'"):
         make_trainer(tmp_path, [cb], metric_for_best_model="probattr_noise_rate", greater_is_better=False)
     assert cb.history == []
 
@@ -378,7 +379,7 @@ def test_lightning_plateau_scheduler_on_an_attribution_key(word_probes, lit_tok,
     cb = ProbAttrCallback(probes=word_probes, scoring=scoring_config(), log_plots=False, wandb=False,
                           attribution_every=3)
     trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(default_root_dir=tmp_path / "b", max_epochs=2))
-    with pytest.raises(ValueError, match="lr scheduler monitors 'probattr/noise_rate'.*attribution_every=1"):
+    with pytest.raises(ValueError, match="lr scheduler monitoring 'probattr/noise_rate'.*attribution_every=1"):
         trainer.fit(_plateau_module(lit_tok, "probattr/noise_rate"))
     assert trainer.global_step == 0 and cb.history == []
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from probattr_monitor.distributed import rank_zero_warn
 from probattr_monitor.monitor import Schedule
-from probattr_monitor.monitor.keys import scalar_names
+from probattr_monitor.monitor.keys import attribution_only_refusal, scalar_names
 from probattr_monitor.report import DEFAULT_GATE_METRIC, HIGHER_IS_BETTER
 
 __all__ = ["check_args", "check_callback_order", "eval_key", "probattr_metric"]
@@ -72,12 +72,9 @@ def check_args(args: Any, schedule: Schedule, prefix: str, *, training: bool,
     sched = schedule
     metric = probattr_metric(args, prefix)
     if metric is not None and every_scoring is not None and f"{prefix}/{metric}" not in every_scoring:
-        names = ", ".join(repr(f"{prefix}_{k.split('/', 1)[1]}") for k in every_scoring)
-        raise ValueError(
-            f"metric_for_best_model={args.metric_for_best_model!r} is produced only by attribution scorings, and "
-            f"attribution_every={attribution_every!r} makes the other evaluations gate scorings without it: "
-            f"use one of {names}, or set attribution_every=1"
-        )
+        names = [repr(f"{prefix}_{k.split('/', 1)[1]}") for k in every_scoring]
+        raise ValueError(attribution_only_refusal(f"metric_for_best_model={args.metric_for_best_model!r}",
+                                                  attribution_every, names, scorings="evaluations"))
     if metric is not None:
         if not sched.on_validation_end:
             raise ValueError(

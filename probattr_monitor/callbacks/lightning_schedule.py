@@ -27,6 +27,7 @@ from probattr_monitor.callbacks._lightning_compat import (
 )
 from probattr_monitor.distributed import rank_zero_warn
 from probattr_monitor.monitor import Schedule
+from probattr_monitor.monitor.keys import attribution_only_refusal
 
 __all__ = ["check_watched_keys", "checkpoint_due", "never_fires", "reads_at", "schedule_problem", "validation_runs",
            "watchers"]
@@ -69,11 +70,8 @@ def check_watched_keys(trainer: "pl.Trainer", prefix: str, known: set[str], moni
                 f"{hint}; it logs: {', '.join(sorted(known))}"
             )
         if cb.monitor not in every_scoring:
-            raise ValueError(
-                f"{type(cb).__name__}(monitor={cb.monitor!r}) watches a key that only attribution scorings log, "
-                f"and attribution_every={attribution_every!r} makes the other scorings gate scorings without it: "
-                f"watch one of {', '.join(sorted(every_scoring))}, or set attribution_every=1"
-            )
+            raise ValueError(attribution_only_refusal(f"{type(cb).__name__}(monitor={cb.monitor!r})",
+                                                      attribution_every, [repr(k) for k in sorted(every_scoring)]))
 
 
 def check_scheduler_keys(trainer: "pl.Trainer", monitor: Any) -> None:
@@ -92,11 +90,9 @@ def check_scheduler_keys(trainer: "pl.Trainer", monitor: Any) -> None:
             continue
         monitor.gate_reads(key)
         if monitor.logged_only_by_attribution(key):
-            raise ValueError(
-                f"the lr scheduler monitors {key!r}, which only attribution scorings log, and attribution_every="
-                f"{monitor.attribution_every!r} makes the other scorings gate scorings without it: monitor one of "
-                f"{', '.join(monitor.every_scoring_keys())}, or set attribution_every=1"
-            )
+            raise ValueError(attribution_only_refusal(f"the lr scheduler monitoring {key!r}",
+                                                      monitor.attribution_every,
+                                                      [repr(k) for k in monitor.every_scoring_keys()]))
 
 
 def reads_at(cb: Any, trainer: "pl.Trainer") -> str:

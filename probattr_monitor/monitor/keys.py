@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 
 from probattr_monitor.report import metrics_from_probes
+from typing import Any, Iterable
+
 from probattr_monitor.report.definitions import PREFIX_SCOPE
 
-__all__ = ["gate_scalar_names", "scalar_keys", "scalar_names", "step_key"]
+__all__ = ["attribution_only_refusal", "gate_scalar_names", "scalar_keys", "scalar_names", "step_key"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,3 +54,23 @@ def scalar_keys(prefix: str) -> list[str]:
 def step_key(prefix: str) -> str:
     """The key of the training step logged with each scoring (``probattr/step``)."""
     return f"{prefix}/step"
+
+
+def attribution_only_refusal(reader: str, attribution_every: Any, alternatives: Iterable[str], *,
+                             scorings: str = "scorings") -> str:
+    """The refusal of a gate that reads, at every scoring, a value only attribution scorings produce.
+
+    One sentence for every place that refuses such a gate (the monitor's own
+    ``metric``, Lightning's checkpoint and early-stopping watchers and plateau
+    schedulers, the HF Trainer's ``metric_for_best_model``), each naming its
+    own ``reader`` and the ``alternatives`` in its own spelling.
+
+    Example
+    -------
+    >>> attribution_only_refusal("metric='noise_rate'", 10, ["'mean_surprisal_prefix'"])  # doctest: +NORMALIZE_WHITESPACE
+    "metric='noise_rate' reads a value that only attribution scorings log, and attribution_every=10 makes
+    the other scorings gate scorings without it: use one of 'mean_surprisal_prefix', or set attribution_every=1"
+    """
+    return (f"{reader} reads a value that only attribution scorings log, and attribution_every="
+            f"{attribution_every!r} makes the other {scorings} gate scorings without it: use one of "
+            f"{', '.join(alternatives)}, or set attribution_every=1")

@@ -19,7 +19,7 @@ from probattr_monitor.distributed import is_rank_zero
 from probattr_monitor.engine.text import encode_prompt
 from probattr_monitor.engine.validation import check_fits_context, check_positive_finite, context_limit
 from probattr_monitor.monitor.guard import training_state_guard
-from probattr_monitor.monitor.keys import gate_scalar_names, scalar_keys
+from probattr_monitor.monitor.keys import attribution_only_refusal, gate_scalar_names, scalar_keys
 from probattr_monitor.monitor.schedule import Schedule
 from probattr_monitor.probes import ProbeSet, load_probe_set, render
 from probattr_monitor.report import DEFAULT_GATE_METRIC, METRIC_NAMES, Report, gate_mode
@@ -227,10 +227,8 @@ class ProbAttrMonitor:
             attribution_every = DEFAULT_ATTRIBUTION_EVERY if metric in PREFIX_METRIC_NAMES else 1
         attribution_every = check_attribution_every(attribution_every)
         if attribution_every != 1 and metric not in PREFIX_METRIC_NAMES:
-            raise ValueError(
-                f"metric={metric!r} is computed only by an attribution scoring, and attribution_every="
-                f"{attribution_every!r} makes other scorings gate scorings without it: gate on one of "
-                f"{PREFIX_METRIC_NAMES} or set attribution_every=1")
+            raise ValueError(attribution_only_refusal(f"metric={metric!r}", attribution_every,
+                                                      [repr(m) for m in PREFIX_METRIC_NAMES]))
         if mode is None:
             mode = gate_mode(metric)  # raises for a metric without a direction
         if mode not in MODES:
