@@ -337,6 +337,36 @@ def test_importing_one_framework_never_imports_the_other():
 # ----------------------------------------------------------------------------- W&B
 
 
+def test_wandb_and_files_draw_each_figure_once_and_both_hold_it(tok, probes, tmp_path, monkeypatch):
+    import probattr_monitor.report.figures as figures
+
+    drawn = []
+    draw = figures.plot_entropy_vs_as
+
+    def counting(table, path, **kw):
+        drawn.append(Path(path))
+        return draw(table, path, **kw)
+
+    monkeypatch.setattr(figures, "plot_entropy_vs_as", counting)
+    pl.seed_everything(0, verbose=False)
+    wl = WandbLogger(save_dir=str(tmp_path), offline=True, project="probattr-test")
+    cb = make_callback(probes, every_n_steps=4, wandb="auto", log_plots=True, log_dir=tmp_path / "files",
+                       attribution_every=1)
+    fit(TinyLitLM(tok), [cb], tmp_path, max_epochs=1, logger=[wl], log_every_n_steps=50)
+    run_dir = Path(wl.experiment.dir).parent
+    assert [type(s).__name__ for s in cb.sinks] == ["WandbSink", "FileSink"]
+    wl.experiment.finish()
+    steps = [h.step for h in cb.history]
+    assert steps == [4, 8, 9]
+    # once per scoring, into the report directory of the files; W&B logged that file
+    assert drawn == [tmp_path / "files" / f"step-{s:08d}" / "entropy_vs_as.png" for s in steps]
+    rows = [r for r in read_wandb_records(run_dir)["history"] if "probattr/plots/entropy_vs_as/_type" in r]
+    assert [r["probattr/step"] for r in rows] == steps
+    for row, step in zip(rows, steps):
+        logged = (run_dir / "files" / row["probattr/plots/entropy_vs_as/path"]).read_bytes()
+        assert logged == (tmp_path / "files" / f"step-{step:08d}" / "entropy_vs_as.png").read_bytes()
+
+
 def test_wandb_logger_offline_run_dir_read_back(tok, probes, tmp_path):
     pl.seed_everything(0, verbose=False)
     wl = WandbLogger(save_dir=str(tmp_path), offline=True, project="probattr-test")

@@ -125,6 +125,24 @@ def test_wandb_sink_without_scalars_and_fresh_tables(reports, offline_run):
     assert "probattr/noise_rate" not in row and not any(k.startswith("probattr/plots/") for k in row)
 
 
+def test_wandb_sink_logs_figures_drawn_by_another_sink_only_when_it_has_them_all(reports, offline_run, tmp_path):
+    from probattr_monitor.report.figures import render_plots
+
+    _, first, _ = reports
+    drawn = render_plots(first, tmp_path / "drawn", max_token_plots=1)
+    sink = WandbSink(offline_run, log_scalars=False, max_token_plots=1)
+    reused = sink.payload(first, 3, image_dir=tmp_path / "own", figures=drawn)
+    assert {k: v for k, v in reused.items() if k.startswith("probattr/plots/")}.keys() == {
+        f"probattr/plots/{n}" for n in drawn}
+    own = [tmp_path / "own" / p.name for p in drawn.values()]
+    assert not any(p.exists() for p in own)  # none drawn again (the history figures are the sink's own)
+    missing = dict(drawn)
+    missing.pop("kl_vs_as")
+    again = sink.payload(first, 3, image_dir=tmp_path / "own", figures=missing)
+    assert all(p.exists() for p in own)  # one missing: the sink draws them all itself
+    assert again.keys() == reused.keys()
+
+
 def test_wandb_sink_config_applied_to_a_run_started_later(reports, tmp_path, monkeypatch):
     _, first, _ = reports
     monkeypatch.setenv("WANDB_MODE", "offline")

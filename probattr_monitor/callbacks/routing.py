@@ -119,16 +119,22 @@ class ReportRouter:
         the (empty) report with its errors.
         """
         status = entry.status if entry is not None else report.meta.get("status", "complete")
+        # with files asked for, they go first, and W&B logs the figures they drew instead of drawing them again
+        files_first = self.file_sink is not None and status != "failed"
+        if files_first:
+            self._to_files(self.file_sink, report, step)
         took = False
         if self.wandb_sink is not None:
             if status == "failed":
                 took = self.wandb_sink.log_failure(step, dict(report.meta.get("errors") or {}))
             else:
-                took = self.wandb_sink.log(report, step, log_scalars=False if status == "partial" else None)
+                took = self.wandb_sink.log(report, step, log_scalars=False if status == "partial" else None,
+                                           figures=self.file_sink.figures if files_first else None)
             if not took:
                 self._wandb_refused(step)
-        for sink in self._file_sinks(wandb_took=took):
-            self._to_files(sink, report, step)
+        if not files_first:
+            for sink in self._file_sinks(wandb_took=took):
+                self._to_files(sink, report, step)
 
     def _file_sinks(self, *, wandb_took: bool) -> Sequence[FileSink]:
         if self.file_sink is not None:

@@ -156,7 +156,7 @@ class _Outputs:
         if report is not None:
             self.files.log(report, step, self._report_name(cand, step))
             if self.wandb is not None:
-                self.wandb.log(report, step, log_scalars=True)
+                self.wandb.log(report, step, log_scalars=True, figures=self.files.figures)  # drawn once
             scored = Scored(cand.name, step, entry.status, float(entry.value), seconds,
                             "; ".join(f"{k}: {v}" for k, v in entry.errors.items()) or None)
         else:

@@ -133,6 +133,9 @@ class FileSink:
         self.failures: list[dict] = []
         #: Steps logged so far by this sink.
         self.logged_steps: list[int] = []
+        #: The figures the last :meth:`log` drew, ``name -> path`` (empty if it drew none), for
+        #: another sink of the same scoring to use instead of drawing them again.
+        self.figures: dict[str, Path] = {}
 
     @property
     def history_path(self) -> Path:
@@ -167,6 +170,7 @@ class FileSink:
         """
         name = name or step_dir_name(step)
         out = self.directory / name
+        self.figures = {}
         try:
             report.save(out, self.formats)
         except Exception as err:
@@ -174,7 +178,7 @@ class FileSink:
             return None
         if self.plots and not self._plots_unavailable:
             try:
-                render_plots(report, out, max_token_plots=self.max_token_plots, html=True)
+                self.figures = render_plots(report, out, max_token_plots=self.max_token_plots, html=True)
             except ImportError as err:
                 self._plots_unavailable = True
                 warnings.warn(f"probattr: no figures written: {err}", RuntimeWarning, stacklevel=2)

@@ -27,12 +27,12 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from probattr_monitor.distributed import is_rank_zero
 from probattr_monitor.report import Report
 from probattr_monitor.report.definitions import DEFAULT_GATE_METRIC
-from probattr_monitor.report.figures import DEFAULT_MAX_TOKEN_PLOTS, render_plots
+from probattr_monitor.report.figures import DEFAULT_MAX_TOKEN_PLOTS, render_plots, scoring_figures
 from probattr_monitor.sinks.history import (DEFAULT_MAX_TOKEN_ROWS_PER_STEP, TOKEN_COLUMNS, ScoringHistory,
                                             render_history_figures)
 
@@ -262,10 +262,14 @@ class WandbSink:
 
     # ------------------------------------------------------------------ logging
     def payload(self, report: Report, step: int, *, image_dir: Optional[Path] = None,
-                log_scalars: Optional[bool] = None) -> dict[str, Any]:
+                log_scalars: Optional[bool] = None, figures: Optional[Mapping[str, Path]] = None) -> dict[str, Any]:
         """The dict one :meth:`log` call passes to ``wandb.log`` (images need ``image_dir``).
 
-        ``log_scalars`` overrides the sink's setting for this call.
+        ``log_scalars`` overrides the sink's setting for this call. ``figures``
+        (``name -> path``, as :func:`~probattr_monitor.report.figures.render_plots`
+        returns) are figures of this report already drawn by another sink: when
+        they hold every figure this sink logs, they are logged instead of being
+        drawn again into ``image_dir``.
         """
         import wandb
 
@@ -285,7 +289,8 @@ class WandbSink:
                                               data=[[str(k), str(v)] for k, v in errors.items()])
         if self.log_plots and image_dir is not None and not self._plots_unavailable:
             try:
-                plots = render_plots(report, image_dir, max_token_plots=self.max_token_plots)
+                plots = self._drawn(report, figures) or render_plots(report, image_dir,
+                                                                     max_token_plots=self.max_token_plots)
             except ImportError as err:
                 self._plots_unavailable = True
                 warnings.warn(f"probattr: no figures logged to W&B: {err}", RuntimeWarning, stacklevel=3)
@@ -303,6 +308,15 @@ class WandbSink:
             # for the next attribution scoring (drawing them costs more than the gate scoring itself)
             self._history_payload(data, cap, None if gate_scoring else image_dir)
         return data
+
+    def _drawn(self, report: Report, figures: Optional[Mapping[str, Path]]) -> dict[str, Path]:
+        """The figures this sink logs, taken from ``figures`` when all of them are there (else empty)."""
+        if not figures:
+            return {}
+        names = scoring_figures(report, max_token_plots=self.max_token_plots, step_titles=True)
+        if not names or any(n not in figures or not Path(figures[n]).is_file() for n in names):
+            return {}
+        return {n: Path(figures[n]) for n in names}
 
     def _history_payload(self, data: dict[str, Any], cap: int, image_dir: Optional[Path]) -> None:
         import wandb
@@ -357,7 +371,8 @@ class WandbSink:
         if self.history is not None and isinstance(state, dict) and state.get("history"):
             self.history.load_state_dict(state["history"])
 
-    def log(self, report: Report, step: int, *, log_scalars: Optional[bool] = None) -> bool:
+    def log(self, report: Report, step: int, *, log_scalars: Optional[bool] = None,
+            figures: Optional[Mapping[str, Path]] = None) -> bool:
         """Log one scoring in a single ``wandb.log`` call; never raises for a logging failure.
 
         Parameters
@@ -368,6 +383,8 @@ class WandbSink:
             Overrides the sink's ``log_scalars`` for this call (the callbacks
             pass ``False`` for a partial scoring, whose values no chart should
             show beside complete ones).
+        figures : mapping of str to Path, optional
+            This report's figures as another sink drew them (:meth:`payload`).
 
         Returns
         -------
@@ -376,7 +393,7 @@ class WandbSink:
             off rank 0, or when the call failed (recorded in :attr:`failures`).
         """
         def build(tmp: Path) -> dict[str, Any]:
-            return self.payload(report, step, image_dir=tmp, log_scalars=log_scalars)
+            return self.payload(report, step, image_dir=tmp, log_scalars=log_scalars, figures=figures)
 
         return self._log(step, build)
 
