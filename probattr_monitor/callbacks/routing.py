@@ -116,7 +116,8 @@ class ReportRouter:
         everywhere too, but without W&B scalars (no chart shows values over
         fewer probes beside complete ones). A failed one (nothing scored) is
         recorded as a failure: W&B gets the ``errors`` table only, the files get
-        the (empty) report with its errors.
+        the (empty) report with its errors. With both sinks on, the files are
+        written first and W&B logs the figures they drew (each drawn once).
         """
         status = entry.status if entry is not None else report.meta.get("status", "complete")
         # with files asked for, they go first, and W&B logs the figures they drew instead of drawing them again
