@@ -10,10 +10,9 @@ Logged keys are ``f"{prefix}/{name}"``, plus ``f"{prefix}/step"``.
 from __future__ import annotations
 
 import functools
-
-from probattr_monitor.report import metrics_from_probes
 from typing import Any, Iterable
 
+from probattr_monitor.report import metrics_from_probes
 from probattr_monitor.report.definitions import PREFIX_SCOPE
 
 __all__ = ["attribution_only_refusal", "gate_scalar_names", "scalar_keys", "scalar_names", "step_key"]
