@@ -42,6 +42,11 @@ class _Kept:
     def rows(self, ids: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.ids, ids)
 
+    def states(self, rows: np.ndarray) -> list:
+        """Per layer ``(keys, values)`` of those ``rows`` (copies)."""
+        idx = torch.from_numpy(rows).to(self.kv[0][0].device)
+        return [(keys.index_select(0, idx), values.index_select(0, idx)) for keys, values in self.kv]
+
 
 class StagedRows:
     """The candidate rows of one position ``k``, read to a growing depth, states kept between stages.
@@ -102,18 +107,13 @@ class StagedRows:
                 self.reused_token_forwards += len(where) * start
             if start == depth:  # nothing to feed: the stored states are this stage's
                 if keep:
-                    idx = torch.from_numpy(rows).to(stage.kv[0][0].device)
-                    pieces.append((where, [(kk.index_select(0, idx), vv.index_select(0, idx))
-                                           for kk, vv in stage.kv]))
+                    pieces.append((where, stage.states(rows)))
                 continue
             bs = self.batch_size or self.runner.default_batch_size(len(self.prefix) + start, depth - start,
                                                                   self.full.vocab_size)
             for b0 in range(0, len(where), bs):
                 part = where[b0 : b0 + bs]
-                row_kv = None
-                if stage is not None:
-                    idx = torch.from_numpy(rows[b0 : b0 + bs]).to(stage.kv[0][0].device)
-                    row_kv = [(kk.index_select(0, idx), vv.index_select(0, idx)) for kk, vv in stage.kv]
+                row_kv = stage.states(rows[b0 : b0 + bs]) if stage is not None else None
                 lp, new_kv = self.runner.row_log_probs(self.full, self.prefix, torch.from_numpy(ids[part]),
                                                        self.rest[:depth], start=start, row_kv=row_kv,
                                                        keep=keep)
