@@ -74,6 +74,7 @@ import numpy as np
 import torch
 
 from probattr_monitor import Budget, attribute
+from probattr_monitor.engine.budget import position_token_forwards
 from probattr_monitor.engine.budgeted import estimate_position
 from probattr_monitor.engine.passes import full_pass, response_log_prob, with_original
 from probattr_monitor.engine.tail import STDERR_FIELDS
@@ -308,8 +309,7 @@ def replay(rec, budget):
         suffix_len = len(rec["prompt"]) + len(rec["response"]) - r["k"] - 1
         st, se, extra = estimate_position(r["k"], r["ids"], rec["prompt"][r["k"]], r["prior"], budget,
                                           score_fn, screen_fn, rec["lpr"], suffix_len=suffix_len)
-        cost = (extra["num_screened"] + extra["num_refined"] * extra["refine_depth"]
-                + (extra["num_exact"] + extra["num_sampled"]) * suffix_len - extra["reused_token_forwards"])
+        cost = position_token_forwards(extra, extra["num_exact"] + extra["num_sampled"], suffix_len)
         res.append((st, se, extra, cost))
     return res
 

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from probattr_monitor.engine import Budget
+from probattr_monitor.engine.budget import position_token_forwards
 from probattr_monitor.engine.budgeted import estimate_position
 from probattr_monitor.engine.modes import scoring_mode
 from probattr_monitor.engine.passes import full_pass, response_log_prob
@@ -195,8 +196,7 @@ def replay(fx: Fixture, budget: Budget) -> tuple[PositionStats, np.ndarray, dict
 
     st, se, extra = estimate_position(fx.position, ids, fx.prompt[fx.position], prior, budget, score_fn,
                                       screen_fn, fx.log_p_response, suffix_len=fx.suffix_len)
-    cost = (extra["num_screened"] + extra["num_refined"] * extra["refine_depth"] + scored[0] * fx.suffix_len
-            - extra["reused_token_forwards"])
+    cost = position_token_forwards(extra, scored[0], fx.suffix_len)
     return st, se, extra, int(cost)
 
 

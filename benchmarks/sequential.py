@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from probattr_monitor.engine import Budget, attribute
+from probattr_monitor.engine.budget import position_token_forwards
 from probattr_monitor.engine.sequential import replace_positions
 from probattr_monitor.engine.text import make_response
 from probattr_monitor.io_utils import atomic_write_text
@@ -68,9 +69,9 @@ def position_costs(res) -> np.ndarray:
     info = res.info
     length = len(res.prompt_ids) + len(res.response_ids)
     suffix = length - res.positions - 1
-    per = (np.asarray(info["num_screened"]) + np.asarray(info["num_refined"]) * np.asarray(info["refine_depth"])
-           + (np.asarray(info["num_exact"]) + np.asarray(info["num_sampled"])) * suffix
-           - np.asarray(info.get("reused_token_forwards", 0)))
+    counts = {key: np.asarray(info[key]) for key in ("num_screened", "num_refined", "refine_depth", "num_exact",
+                                                       "num_sampled", "reused_token_forwards") if key in info}
+    per = position_token_forwards(counts, counts["num_exact"] + counts["num_sampled"], suffix)
     if info.get("path") != "full" and int(per.sum()) + length != int(info["token_forwards"]):
         logger.warning("cost model off: %d + %d != %d", per.sum(), length, info["token_forwards"])
     return per.astype(np.float64)

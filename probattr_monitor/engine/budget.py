@@ -180,6 +180,20 @@ class Budget:
         }
 
 
+def position_token_forwards(extra: dict, num_scored: Any, suffix_len: Any) -> Any:
+    """The cost model's token-forwards of a scored position (:class:`Budget`, "Cost model"), without the full pass.
+
+    ``|S_k| + |R_k| * d_k + num_scored * T_k - reused_k`` from what the
+    estimator reports (``extra`` of ``estimate_position``, or the per-position
+    arrays of ``info``): ``num_screened``, ``num_refined``, ``refine_depth``
+    and ``reused_token_forwards`` (0 when absent). ``num_scored`` is the ids
+    scored over the whole suffix (exact and sampled); ints or arrays alike.
+    The benchmarks replaying the estimator count with it.
+    """
+    return (extra["num_screened"] + extra["num_refined"] * extra["refine_depth"] + num_scored * suffix_len
+            - extra.get("reused_token_forwards", 0))
+
+
 def _check_int(value: Any, name: str, what: str = "an integer") -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"Budget.{name} must be {what}, got {type(value).__name__} {value!r}")
