@@ -30,9 +30,10 @@ import torch
 from probattr_monitor import attribute
 from probattr_monitor.engine import Budget
 from probattr_monitor.io_utils import atomic_write_text
+from probattr_monitor.engine.text import make_response
 from probattr_monitor.models import load_model_and_tokenizer
-from probattr_monitor.probes import load_probe_set
-from probattr_monitor.scoring import ScoringConfig, score_probe
+from probattr_monitor.probes import load_probe_set, render
+from probattr_monitor.scoring import ScoringConfig
 
 SETTINGS = {"resumed": Budget(), "whole": Budget(reuse_states=False)}
 
@@ -65,9 +66,9 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     model, tok = load_model_and_tokenizer("smollm2")
     probe = next(p for p in load_probe_set(args.set) if p.id == args.probe)
-    # the monitor's greedy 20-token response; no candidate pass is needed to get it
-    scored = score_probe(model, tok, probe, ScoringConfig(candidates=[0]))
-    prompt, response = scored.result.prompt_ids, scored.result.response_ids
+    config = ScoringConfig()  # the monitor's default: a greedy 20-token response
+    prompt = render(probe, tok).ids
+    response = make_response(model, tok, prompt, config.decoding, config.max_new_tokens)
     rows = []
     for k in range(1, len(prompt), args.every):
         runs = {name: [] for name in SETTINGS}
